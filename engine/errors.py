@@ -1,0 +1,121 @@
+"""The engine's error hierarchy: every failure a caller can see is one of these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Meta error codes by how the engine reacts (SPEC section 3, meta-api-facts section 3.4).
+THROTTLE_CODES = frozenset({4, 17, 32, 341, 613, 80000, 80003, 80004, 80014})
+TRANSIENT_CODES = frozenset({1, 2})
+REPLACE_ERROR_CODE = 2650
+REPLACE_IN_PROGRESS = 1870145
+REPLACE_RETRY_NEW_SESSION = 1870148
+REPLACE_TIMED_OUT = 1870158
+REPLACE_FINISHED = 1870159
+REPLACE_NO_FIRST_BATCH = 1870147
+REPLACE_TOO_LARGE = 1870144
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class InputError(EngineError):
+    """Bad usage or unreadable input, found before anything is sent (exit code 2)."""
+
+
+class ConfigError(InputError):
+    """An option or configuration file is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Meta's error object, as the report carries it. Never holds a token."""
+
+    code: int | None
+    subcode: int | None
+    type: str | None
+    message: str
+    user_title: str | None = None
+    user_msg: str | None = None
+    is_transient: bool = False
+    http_status: int | None = None
+
+    @classmethod
+    def from_graph(cls, body: Any, http_status: int | None) -> ErrorInfo:
+        """Parse a Graph API error body (`{"error": {...}}`); tolerant of any shape."""
+        err = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(err, dict):
+            return cls(None, None, None, f"HTTP {http_status} without a Graph error body",
+                       http_status=http_status)
+
+        def _int(v: Any) -> int | None:
+            try:
+                return int(v)
+            except (TypeError, ValueError):
+                return None
+
+        def _str(v: Any) -> str | None:
+            return v if isinstance(v, str) and v else None
+
+        return cls(
+            code=_int(err.get("code")),
+            subcode=_int(err.get("error_subcode")),
+            type=_str(err.get("type")),
+            message=_str(err.get("message")) or "",
+            user_title=_str(err.get("error_user_title")),
+            user_msg=_str(err.get("error_user_msg")),
+            is_transient=err.get("is_transient") is True,
+            http_status=http_status,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "subcode": self.subcode,
+            "type": self.type,
+            "message": self.message,
+            "user_title": self.user_title,
+            "user_msg": self.user_msg,
+        }
+
+
+class ApiError(EngineError):
+    """The Graph API answered with an error."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        self.info = info
+        sub = f"/{info.subcode}" if info.subcode is not None else ""
+        detail = f": {info.user_msg}" if info.user_msg else ""
+        super().__init__(f"Graph API error {info.code}{sub}: {info.message}{detail}")
+
+    @property
+    def is_throttle(self) -> bool:
+        return self.info.code in THROTTLE_CODES
+
+    @property
+    def is_transient(self) -> bool:
+        """Worth retrying the same request after a backoff."""
+        i = self.info
+        if i.code in THROTTLE_CODES or i.code in TRANSIENT_CODES or i.is_transient:
+            return True
+        if i.code == REPLACE_ERROR_CODE and i.subcode == REPLACE_IN_PROGRESS:
+            return True
+        return i.code is None and (i.http_status or 0) >= 500
+
+
+class TransportError(EngineError):
+    """No usable reply: timeout, reset, refused connection, unreadable body.
+
+    `maybe_applied` is true when the request may have reached the API before the
+    failure, so its effect is unknown.
+    """
+
+    def __init__(self, message: str, *, maybe_applied: bool) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
+
+
+class JobFailed(EngineError):
+    """The API refused the job or retries ran out (exit code 1)."""

@@ -1,0 +1,46 @@
+"""The data that flows between pipeline stages: chunks of rows, never single rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A row that will not be sent. Holds a row number and a reason, never the raw value."""
+
+    row: int  # 1-based data row number in the input (the header is not a data row)
+    key: str  # schema key the reason is about, or "" when it is about the whole row
+    reason: str  # stable snake_case code, e.g. "invalid_email", "ragged_row"
+
+
+@dataclass(slots=True)
+class RawChunk:
+    """Rows as read: each value is the raw cell text for the schema key at that position.
+
+    `values[i]` lines up with `row_numbers[i]`; a missing cell is "". Rows the reader
+    could not read at all are already in `rejects`. Every data row of the input is in
+    exactly one of the two.
+    """
+
+    row_numbers: list[int]
+    values: list[tuple[str, ...]]
+    rejects: list[Reject] = field(default_factory=list)
+
+    @property
+    def rows_read(self) -> int:
+        return len(self.row_numbers) + len(self.rejects)
+
+
+@dataclass(slots=True)
+class HashedChunk:
+    """Rows ready to send: `data[i]` is the payload row (normalized, hashed) for `row_numbers[i]`.
+
+    Payload rows hold one entry per schema key; an unknown or invalid cell is "".
+    LOOKALIKE_VALUE entries are numbers, every other entry a string.
+    """
+
+    row_numbers: list[int]
+    data: list[list[str | float | int]]
+    rejects: list[Reject]
+    rows_read: int
