@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +48,13 @@ class ErrorInfo:
         """Parse a Graph API error body (`{"error": {...}}`); tolerant of any shape."""
         err = body.get("error") if isinstance(body, dict) else None
         if not isinstance(err, dict):
-            return cls(None, None, None, f"HTTP {http_status} without a Graph error body",
-                       http_status=http_status)
+            return cls(
+                None,
+                None,
+                None,
+                f"HTTP {http_status} without a Graph error body",
+                http_status=http_status,
+            )
 
         def _int(v: Any) -> int | None:
             try:
@@ -82,10 +88,11 @@ class ErrorInfo:
 
 
 class ApiError(EngineError):
-    """The Graph API answered with an error."""
+    """The Graph API answered with an error. `headers` are the reply's headers (usage figures)."""
 
-    def __init__(self, info: ErrorInfo) -> None:
+    def __init__(self, info: ErrorInfo, headers: Mapping[str, str] | None = None) -> None:
         self.info = info
+        self.headers: Mapping[str, str] = headers or {}
         sub = f"/{info.subcode}" if info.subcode is not None else ""
         detail = f": {info.user_msg}" if info.user_msg else ""
         super().__init__(f"Graph API error {info.code}{sub}: {info.message}{detail}")
@@ -117,5 +124,15 @@ class TransportError(EngineError):
         self.maybe_applied = maybe_applied
 
 
-class JobFailed(EngineError):
-    """The API refused the job or retries ran out (exit code 1)."""
+class RetriesExhausted(EngineError):
+    """A batch kept failing with transient errors past the retry limit (exit code 1)."""
+
+    def __init__(self, last: ApiError | TransportError, attempts: int) -> None:
+        super().__init__(f"gave up after {attempts} attempts: {last}")
+        self.last = last
+
+    @property
+    def info(self) -> ErrorInfo:
+        if isinstance(self.last, ApiError):
+            return self.last.info
+        return ErrorInfo(None, None, "TransportError", str(self.last))

@@ -1,0 +1,1 @@
+"""audience-engine: fast, ordered, loss-free uploads of people lists to Meta Custom Audiences."""

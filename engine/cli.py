@@ -1,0 +1,249 @@
+"""Command line: `python -m engine upload INPUT [options]` and friends (SPEC section 6).
+
+A thin layer: it turns options into an UploadJob, runs it, prints the report and maps
+the outcome to an exit code. The library underneath never exits or touches signals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import fields, replace
+from typing import Any
+
+import orjson
+
+from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION
+from .config import MODES, Credentials, UploadJob
+from .errors import InputError
+from .limiter import LimiterConfig, LimiterRegistry
+from .pipeline import run_job
+from .report import Report, Tally
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
+log = logging.getLogger("engine")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 too; say it our way
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _map_option(text: str) -> tuple[str, str]:
+    key, sep, column = text.partition("=")
+    if not sep or not key or not column:
+        raise argparse.ArgumentTypeError(f"--map takes KEY=column, got {text!r}")
+    return key.strip().upper(), column.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="audience-engine", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("upload", help="upload a people list to a Custom Audience")
+    # Every default is None so a --config file can fill what the command line leaves out.
+    up.add_argument(
+        "input", help="file to read (csv, jsonl, parquet, optionally .gz) or - for stdin"
+    )
+    up.add_argument("--config", help="TOML file with options; command-line values win")
+    up.add_argument("--audience", help="Custom Audience id (required)")
+    up.add_argument("--ad-account", help="ad account that owns it, act_ID (required)")
+    up.add_argument("--mode", choices=MODES, help="add (default), remove or replace")
+    up.add_argument("--schema", help="keys in payload order, e.g. EMAIL,PHONE; default: inferred")
+    up.add_argument(
+        "--map",
+        action="append",
+        type=_map_option,
+        metavar="KEY=column",
+        help="column for a key (repeatable)",
+    )
+    up.add_argument("--format", choices=("csv", "jsonl", "parquet"), help="default: from the name")
+    up.add_argument(
+        "--prehashed",
+        action="store_true",
+        default=None,
+        help="values are already normalized and hashed",
+    )
+    up.add_argument("--default-country-code", help="calling code for phones without one, e.g. 1")
+    up.add_argument("--batch-size", type=int, help="rows per request (max and default 10000)")
+    up.add_argument("--concurrency", type=int, help="requests in flight at once (default 8)")
+    up.add_argument("--workers", type=int, help="hashing processes (default: by input size)")
+    up.add_argument("--api-base", help=f"default {DEFAULT_API_BASE}")
+    up.add_argument("--api-version", help=f"default {DEFAULT_API_VERSION}")
+    up.add_argument("--session-id", type=int, help="default: random")
+    up.add_argument("--report", help="write the JSON report there")
+    up.add_argument("--rejects", dest="rejects_path", help="write rejected rows there (CSV)")
+    up.add_argument("--dry-run", action="store_true", default=None, help="send nothing")
+    up.add_argument(
+        "--allow-empty-replace",
+        action="store_true",
+        default=None,
+        help="let a replace with zero valid rows empty the audience",
+    )
+    up.add_argument("--max-retries", type=int, help="retries of a transient failure (default 8)")
+    up.add_argument("--rate", type=float, help="requests/s per ad account at full speed")
+    up.add_argument("--max-throttle-wait", type=float, help="longest pause on a throttle (s)")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    up.add_argument("-v", "--verbose", action="store_true", help="log retries and throttles")
+
+    fake = sub.add_parser("fake-graph", help="run the built-in fake Graph API", add_help=False)
+    fake.add_argument("args", nargs=argparse.REMAINDER)
+    demo = sub.add_parser("demo", help="upload a generated file to the built-in fake Graph API")
+    demo.add_argument("--rows", type=int, default=50_000)
+    return parser
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line values over the --config file's."""
+    merged: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, "rb") as f:
+                merged = {k.replace("-", "_"): v for k, v in tomllib.load(f).items()}
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InputError(f"cannot read config {args.config}: {exc}") from None
+    merged.update({k: v for k, v in vars(args).items() if v is not None})
+    if merged.get("map"):
+        merged["column_map"] = dict(merged.pop("map"))
+    if isinstance(merged.get("column_map"), dict):
+        merged["column_map"] = {k.upper(): v for k, v in merged["column_map"].items()}
+    return merged
+
+
+def _job(options: dict[str, Any]) -> UploadJob:
+    for required in ("audience", "ad_account"):
+        if not options.get(required):
+            raise InputError(f"--{required.replace('_', '-')} is required")
+    names = {f.name for f in fields(UploadJob)}
+    given = {k: v for k, v in options.items() if k in names}
+    given["audience_id"] = str(options["audience"])
+    given["source"] = options["input"]
+    return UploadJob(**given)
+
+
+def _limiters(options: dict[str, Any]) -> LimiterRegistry:
+    config = LimiterConfig()
+    changes: dict[str, Any] = {}
+    if options.get("rate"):
+        changes["rate"] = options["rate"]
+    if options.get("max_throttle_wait") is not None:
+        changes["max_throttle_wait_s"] = options["max_throttle_wait"]
+    return LimiterRegistry(replace(config, **changes))
+
+
+async def _upload(options: dict[str, Any]) -> int:
+    job = _job(options)
+    credentials = Credentials(
+        os.environ.get("META_ACCESS_TOKEN"), os.environ.get("META_APP_SECRET")
+    )
+    tally: list[Tally] = []
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    show = not options.get("quiet") and sys.stderr.isatty()
+    try:
+        async with _progress(tally, show):
+            report = await run_job(
+                job, credentials, limiters=_limiters(options), tally_ready=tally.append
+            )
+    except asyncio.CancelledError:
+        if not tally:
+            raise
+        report = tally[0].report("interrupted", message="interrupted by a signal")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    _emit(report, options.get("report"))
+    return {"completed": EXIT_OK, "dry_run": EXIT_OK, "failed": EXIT_FAILED}.get(
+        report.status, EXIT_INTERRUPTED
+    )
+
+
+def _emit(report: Report, path: str | None) -> None:
+    data = orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2)
+    if path:
+        with open(path, "wb") as f:
+            f.write(data + b"\n")
+    sys.stdout.write(data.decode() + "\n")
+    if report.error:
+        e = report.error
+        print(
+            f"error: Graph API {e['code']}/{e['subcode']}: {e['message']}"
+            + (f" — {e['user_title']}: {e['user_msg']}" if e.get("user_msg") else ""),
+            file=sys.stderr,
+        )
+    elif report.message:
+        print(f"{report.status}: {report.message}", file=sys.stderr)
+
+
+@contextlib.asynccontextmanager
+async def _progress(tally: list[Tally], show: bool) -> AsyncIterator[None]:
+    """A progress bar on stderr, fed by polling the job's tally."""
+    if not show:
+        yield
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(unit=" rows", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+
+    async def refresh() -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            if tally:
+                t = tally[0]
+                bar.n = t.rows_read
+                bar.set_postfix(
+                    sent=t.rows_sent, batches=f"{t.batches_sent}/{t.batches_total}", refresh=False
+                )
+                bar.refresh()
+
+    task = asyncio.create_task(refresh())
+    try:
+        yield
+    finally:
+        task.cancel()
+        bar.close()
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "fake-graph":
+        from .fakegraph import serve
+
+        serve(args.args)
+        return EXIT_OK
+    if args.command == "demo":
+        from .demo import demo
+
+        return demo(args.rows)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _run(_upload(_options(args)))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

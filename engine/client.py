@@ -1,0 +1,131 @@
+"""The Graph API transport: one keep-alive aiohttp session, form bodies, typed errors.
+
+Everything secret goes in the request body, never the URL, so no proxy or access log
+ever sees the token; the body is multipart built by hand because the payload JSON
+needs no escaping there (url-encoding a 5 MB payload costs more than hashing it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+
+from .errors import ApiError, ErrorInfo, TransportError
+
+Mode = Literal["add", "remove", "replace"]
+
+DEFAULT_API_BASE = "https://graph.facebook.com"
+DEFAULT_API_VERSION = "v25.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful answer: the JSON body and the headers (usage figures live there)."""
+
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+
+
+def appsecret_proof(access_token: str, app_secret: str) -> str:
+    """Hex HMAC-SHA256 of the token keyed by the app secret (Meta's securing-requests page)."""
+    return hmac.new(app_secret.encode(), access_token.encode(), hashlib.sha256).hexdigest()
+
+
+def multipart_body(fields: Mapping[str, bytes]) -> tuple[bytes, str]:
+    """Encode form fields as multipart/form-data; returns (body, content type)."""
+    while True:
+        boundary = os.urandom(16).hex().encode()
+        if not any(boundary in v for v in fields.values()):
+            break
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        parts += [
+            b"--",
+            boundary,
+            b'\r\nContent-Disposition: form-data; name="',
+            name.encode(),
+            b'"\r\n\r\n',
+            value,
+            b"\r\n",
+        ]
+    parts += [b"--", boundary, b"--\r\n"]
+    return b"".join(parts), f"multipart/form-data; boundary={boundary.decode()}"
+
+
+class GraphClient:
+    """Sends upload requests for one access token. Raises ApiError or TransportError."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        access_token: str,
+        app_secret: str | None = None,
+        api_base: str = DEFAULT_API_BASE,
+        api_version: str = DEFAULT_API_VERSION,
+    ) -> None:
+        self._http = session
+        self._base = f"{api_base.rstrip('/')}/{api_version}"
+        self._auth = {"access_token": access_token.encode()}
+        if app_secret:
+            self._auth["appsecret_proof"] = appsecret_proof(access_token, app_secret).encode()
+
+    def __repr__(self) -> str:  # never show the token
+        return f"GraphClient({self._base!r})"
+
+    async def upload(
+        self, audience_id: str, mode: Mode, payload: bytes, session: Mapping[str, Any]
+    ) -> Reply:
+        """One batch: `payload` is the payload object already serialized as JSON."""
+        edge = "usersreplace" if mode == "replace" else "users"
+        fields = {"payload": payload, "session": orjson.dumps(session), **self._auth}
+        if mode == "remove":
+            # POST with method=DELETE: a real DELETE puts the fields in the URL (the SDK's bug).
+            fields["method"] = b"DELETE"
+        body, ctype = multipart_body(fields)
+        return await self._request(
+            "POST",
+            f"{self._base}/{audience_id}/{edge}",
+            data=body,
+            headers={"Content-Type": ctype},
+        )
+
+    async def session_status(self, audience_id: str, session_id: int) -> dict[str, Any] | None:
+        """Meta's record of an upload session, or None if it never saw one."""
+        # A GET has no body, so the token goes in the query; URLs are never logged.
+        params = {"session_id": str(session_id), **{k: v.decode() for k, v in self._auth.items()}}
+        reply = await self._request("GET", f"{self._base}/{audience_id}/sessions", params=params)
+        data = reply.body.get("data")
+        if isinstance(data, list) and data and isinstance(data[0], dict):
+            return data[0]
+        return None
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> Reply:
+        try:
+            async with self._http.request(method, url, **kwargs) as resp:
+                raw = await resp.read()
+                status, headers = resp.status, resp.headers
+        except aiohttp.ClientConnectorError as exc:
+            raise TransportError(f"cannot connect: {exc.os_error}", maybe_applied=False) from None
+        except TimeoutError:
+            raise TransportError("request timed out", maybe_applied=True) from None
+        except aiohttp.ClientError as exc:
+            # Only the class name: aiohttp messages can hold the URL, and a GET's URL the token.
+            name = type(exc).__name__
+            raise TransportError(f"connection failed: {name}", maybe_applied=True) from None
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        if status == 200 and isinstance(body, dict) and "error" not in body:
+            return Reply(body, headers)
+        if status == 200:
+            raise TransportError("unreadable reply", maybe_applied=True)
+        raise ApiError(ErrorInfo.from_graph(body, status), headers)

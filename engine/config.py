@@ -1,0 +1,74 @@
+"""What one upload job is: every option of SPEC section 6, checked once, before any work."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION, Mode
+from .errors import ConfigError
+
+MODES: tuple[Mode, ...] = ("add", "remove", "replace")
+MAX_BATCH_SIZE = 10_000
+
+
+def new_session_id() -> int:
+    """A random positive int64 (Meta wants it unique per ad account)."""
+    return secrets.randbits(63) or 1
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The secrets. Kept apart from the job so a job can be logged or stored safely."""
+
+    access_token: str | None = field(default=None, repr=False)
+    app_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadJob:
+    """One upload: where from, where to, and how. Validated on construction."""
+
+    source: str
+    audience_id: str
+    ad_account: str
+    mode: Mode = "add"
+    schema: str | None = None
+    column_map: Mapping[str, str] = field(default_factory=dict)
+    format: str | None = None
+    prehashed: bool = False
+    default_country_code: str | None = None
+    batch_size: int = MAX_BATCH_SIZE
+    concurrency: int = 8
+    workers: int | None = None  # normalize+hash processes; None: decided from the machine
+    api_base: str = DEFAULT_API_BASE
+    api_version: str = DEFAULT_API_VERSION
+    session_id: int | None = None
+    dry_run: bool = False
+    allow_empty_replace: bool = False
+    rejects_path: str | None = None
+    max_retries: int = 8
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"\d+", self.audience_id):
+            raise ConfigError(f"audience id must be numeric, got {self.audience_id!r}")
+        if not re.fullmatch(r"act_\d+", self.ad_account):
+            raise ConfigError(f"ad account must look like act_123, got {self.ad_account!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ConfigError(f"batch size must be 1..{MAX_BATCH_SIZE}, got {self.batch_size}")
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        if self.session_id is not None and not 0 < self.session_id < 2**63:
+            raise ConfigError("session id must be a positive 64-bit integer")
+        if not re.fullmatch(r"v\d+\.\d+", self.api_version):
+            raise ConfigError(f"api version must look like v25.0, got {self.api_version!r}")
+        if self.default_country_code is not None and not re.fullmatch(
+            r"\d{1,3}", self.default_country_code
+        ):
+            raise ConfigError("default country code must be 1 to 3 digits")

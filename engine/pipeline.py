@@ -1,0 +1,268 @@
+"""The pipeline: reader -> normalizer/hasher -> batcher -> sender, joined by bounded queues.
+
+Queues carry chunks (thousands of rows), so memory stays flat whatever the input size,
+and a failure in any stage cancels the others and surfaces once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import aiohttp
+
+from .batcher import Batch, Batcher
+from .client import GraphClient
+from .config import Credentials, UploadJob, new_session_id
+from .errors import ApiError, InputError, RetriesExhausted
+from .limiter import LimiterRegistry
+from .normalize import NormalizeOptions, Schema, normalize_chunk
+from .readers import InputFile, open_input
+from .report import Report, Tally
+from .rows import HashedChunk, RawChunk, Reject
+from .sender import RetryPolicy, Sender
+from .session import SessionCoordinator
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 5_000
+QUEUE_CHUNKS = 4
+# Below this many bytes of input a process pool costs more to start than it saves.
+POOL_MIN_BYTES = 8 << 20
+
+ProgressFn = Callable[[Tally], None]
+
+
+async def run_job(
+    job: UploadJob,
+    credentials: Credentials,
+    *,
+    limiters: LimiterRegistry,
+    http: aiohttp.ClientSession | None = None,
+    retry: RetryPolicy | None = None,
+    tally_ready: ProgressFn | None = None,
+) -> Report:
+    """Run one upload to the end and report it.
+
+    Raises InputError (bad usage or input, nothing sent). API refusals and exhausted
+    retries come back as a report with status "failed" and the API's error.
+    """
+    if not job.dry_run and not credentials.access_token:
+        raise InputError("META_ACCESS_TOKEN is not set (required unless --dry-run)")
+    with open_input(job.source, job.format) as source:
+        schema = _bind_schema(job, source)
+        tally = Tally(job.mode, job.audience_id, job.ad_account, job.session_id or new_session_id())
+        if tally_ready:
+            tally_ready(tally)
+        retry = retry or RetryPolicy(max_retries=job.max_retries)
+        with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
+            try:
+                await _run_stages(
+                    job,
+                    credentials,
+                    source,
+                    schema,
+                    tally,
+                    limiters,
+                    http,
+                    retry,
+                    pool,
+                    write_rejects,
+                )
+            except (ApiError, RetriesExhausted) as exc:
+                return tally.report("failed", error=exc.info, message=str(exc))
+    return tally.report("dry_run" if job.dry_run else "completed")
+
+
+def _bind_schema(job: UploadJob, source: InputFile) -> Schema:
+    if job.schema is None:
+        return Schema(source.bind(None, job.column_map))
+    schema = Schema.parse(job.schema)
+    source.bind(schema.keys, job.column_map)
+    return schema
+
+
+async def _run_stages(
+    job: UploadJob,
+    credentials: Credentials,
+    source: InputFile,
+    schema: Schema,
+    tally: Tally,
+    limiters: LimiterRegistry,
+    http: aiohttp.ClientSession | None,
+    retry: RetryPolicy,
+    pool: Executor | None,
+    write_rejects: Callable[[list[Reject]], None],
+) -> None:
+    raw: asyncio.Queue[RawChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
+    hashed: asyncio.Queue[HashedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
+    batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
+    options = NormalizeOptions(job.prehashed, job.default_country_code)
+    stages = [
+        _read(source.chunks(CHUNK_ROWS), raw),
+        _normalize(raw, hashed, schema, options, pool),
+        _batch(hashed, batches, Batcher(job.batch_size), tally, write_rejects),
+    ]
+    if job.dry_run:
+        stages.append(_drain(batches))
+        await _gather_or_cancel(stages)
+        return
+    async with _http_session(job, http) as session:
+        client = GraphClient(
+            session,
+            access_token=credentials.access_token or "",
+            app_secret=credentials.app_secret,
+            api_base=job.api_base,
+            api_version=job.api_version,
+        )
+        sender = Sender(
+            client,
+            limiters.get(job.ad_account),
+            tally,
+            audience_id=job.audience_id,
+            mode=job.mode,
+            schema=schema,
+            session_id=tally.session_id,
+            retry=retry,
+        )
+        stages.append(_send(job, sender, batches))
+        await _gather_or_cancel(stages)
+
+
+async def _gather_or_cancel(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Run the stages together; the first failure cancels the rest and is raised alone."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and (exc := task.exception()):
+                raise exc
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _read(chunks: Iterator[RawChunk], out: asyncio.Queue[RawChunk | None]) -> None:
+    # Parsing is blocking work: a thread keeps the event loop free for the senders.
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        await out.put(chunk)
+    await out.put(None)
+
+
+async def _normalize(
+    inp: asyncio.Queue[RawChunk | None],
+    out: asyncio.Queue[HashedChunk | None],
+    schema: Schema,
+    options: NormalizeOptions,
+    pool: Executor | None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    pending: deque[asyncio.Future[HashedChunk]] = deque()
+    window = 2 * (os.cpu_count() or 1)
+    while (chunk := await inp.get()) is not None:
+        # In order: results are awaited oldest first, so batches stay deterministic.
+        pending.append(loop.run_in_executor(pool, normalize_chunk, chunk, schema, options))
+        if len(pending) >= window:
+            await out.put(await pending.popleft())
+    while pending:
+        await out.put(await pending.popleft())
+    await out.put(None)
+
+
+async def _batch(
+    inp: asyncio.Queue[HashedChunk | None],
+    out: asyncio.Queue[Batch | None],
+    batcher: Batcher,
+    tally: Tally,
+    write_rejects: Callable[[list[Reject]], None],
+) -> None:
+    while (chunk := await inp.get()) is not None:
+        tally.rows_read += chunk.rows_read
+        if chunk.rejects:
+            tally.rejected(chunk.rejects)
+            write_rejects(chunk.rejects)
+        for batch in batcher.add(chunk):
+            tally.batches_total += 1
+            await out.put(batch)
+    if (batch := batcher.flush()) is not None:
+        tally.batches_total += 1
+        await out.put(batch)
+    await out.put(None)
+
+
+async def _drain(inp: asyncio.Queue[Batch | None]) -> None:
+    while await inp.get() is not None:
+        pass
+
+
+async def _send(job: UploadJob, sender: Sender, batches: asyncio.Queue[Batch | None]) -> None:
+    coordinator = SessionCoordinator(
+        sender, concurrency=job.concurrency, first_alone=job.mode == "replace"
+    )
+    if await coordinator.run(batches) == 0 and job.mode == "replace":
+        if not job.allow_empty_replace:
+            raise InputError(
+                "replace with zero valid rows would empty the audience; "
+                "pass --allow-empty-replace to do that on purpose"
+            )
+        await sender(Batch(1, [], 0, 0), True)
+
+
+@asynccontextmanager
+async def _http_session(
+    job: UploadJob, given: aiohttp.ClientSession | None
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """The caller's ClientSession, or one of our own, closed on exit."""
+    if given is not None:
+        yield given
+        return
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=job.connect_timeout_s, sock_read=job.read_timeout_s
+    )
+    connector = aiohttp.TCPConnector(limit=job.concurrency + 2)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        yield session
+
+
+@contextmanager
+def _pool(job: UploadJob) -> Iterator[Executor | None]:
+    """A process pool for normalize+hash, when the input is big enough to pay for starting it."""
+    workers = job.workers
+    if workers is None:
+        big = _input_size(job.source) >= POOL_MIN_BYTES
+        workers = min(os.cpu_count() or 1, 4) if big else 0
+    if workers == 0:
+        yield None
+        return
+    # spawn: forking a process that runs an event loop and threads is unsafe.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield pool
+
+
+def _input_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size if path != "-" else 0
+    except OSError:
+        return 0
+
+
+@contextmanager
+def _rejects_writer(path: str | None) -> Iterator[Callable[[list[Reject]], None]]:
+    """Writes rejected rows as CSV: row number, key, reason; never the value."""
+    if path is None:
+        yield lambda rejects: None
+        return
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["row", "key", "reason"])
+        yield lambda rejects: writer.writerows((r.row, r.key, r.reason) for r in rejects)

@@ -1,0 +1,116 @@
+"""The job's report: one immutable result built from one accumulator the stages feed."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from .errors import ErrorInfo
+from .rows import Reject
+
+Status = Literal["completed", "failed", "interrupted", "dry_run"]
+
+MAX_INVALID_SAMPLES = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What happened to a job (SPEC section 7). `to_dict()` is the JSON report."""
+
+    status: Status
+    mode: str
+    audience_id: str
+    ad_account_id: str
+    session_id: int
+    rows_read: int
+    rows_valid: int
+    rows_rejected: int
+    rejected_by_reason: dict[str, int]
+    rows_sent: int
+    batches_total: int
+    batches_sent: int
+    num_received: int
+    num_invalid_entries: int
+    invalid_entry_samples: dict[str, str]
+    retries: int
+    throttled: int
+    elapsed_s: float
+    rows_per_s: float
+    error: dict[str, Any] | None = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Tally:
+    """Counts gathered while the job runs; every stage writes here, `report()` reads it once."""
+
+    mode: str
+    audience_id: str
+    ad_account_id: str
+    session_id: int
+    started: float = field(default_factory=time.monotonic)
+    rows_read: int = 0
+    rows_rejected: int = 0
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)
+    rows_sent: int = 0
+    batches_total: int = 0
+    batches_sent: int = 0
+    num_received: int = 0
+    num_invalid_entries: int = 0
+    invalid_entry_samples: dict[str, str] = field(default_factory=dict)
+    retries: int = 0
+    throttled: int = 0
+
+    def rejected(self, rejects: list[Reject]) -> None:
+        self.rows_rejected += len(rejects)
+        self.rejected_by_reason.update(r.reason for r in rejects)
+
+    def acknowledged(self, rows: int, body: dict[str, Any]) -> None:
+        self.rows_sent += rows
+        self.batches_sent += 1
+        # num_received is cumulative per session on Meta's side: keep the highest seen.
+        received = body.get("num_received")
+        if isinstance(received, int):
+            self.num_received = max(self.num_received, received)
+        invalid = body.get("num_invalid_entries")
+        if isinstance(invalid, int):
+            self.num_invalid_entries += invalid
+        samples = body.get("invalid_entry_samples")
+        if isinstance(samples, dict):
+            for k, v in samples.items():
+                if len(self.invalid_entry_samples) >= MAX_INVALID_SAMPLES:
+                    break
+                self.invalid_entry_samples[str(k)] = str(v)
+
+    def report(
+        self, status: Status, error: ErrorInfo | None = None, message: str | None = None
+    ) -> Report:
+        elapsed = time.monotonic() - self.started
+        return Report(
+            status=status,
+            mode=self.mode,
+            audience_id=self.audience_id,
+            ad_account_id=self.ad_account_id,
+            session_id=self.session_id,
+            rows_read=self.rows_read,
+            rows_valid=self.rows_read - self.rows_rejected,
+            rows_rejected=self.rows_rejected,
+            rejected_by_reason=dict(sorted(self.rejected_by_reason.items())),
+            rows_sent=self.rows_sent,
+            batches_total=self.batches_total,
+            batches_sent=self.batches_sent,
+            num_received=self.num_received,
+            num_invalid_entries=self.num_invalid_entries,
+            invalid_entry_samples=dict(self.invalid_entry_samples),
+            retries=self.retries,
+            throttled=self.throttled,
+            elapsed_s=round(elapsed, 3),
+            rows_per_s=round(self.rows_read / elapsed, 1) if elapsed > 0 else 0.0,
+            error=error.to_dict() if error else None,
+            message=message,
+        )

@@ -1,0 +1,139 @@
+"""The sender stage: one batch to the API, retried until acknowledged or hopeless."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .batcher import Batch
+from .client import GraphClient, Mode
+from .errors import ApiError, RetriesExhausted, TransportError
+from .limiter import AccountLimiter, Backoff, parse_usage
+from .normalize import Schema
+from .report import Tally
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to try: transient failures up to `max_retries`, throttles up to `max_throttles`."""
+
+    max_retries: int = 8
+    max_throttles: int = 100
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+def encode_payload(schema: Schema, rows: list[list[str | float | int]]) -> bytes:
+    """The `payload` form field: schema, is_raw (multi-key) and data, as JSON."""
+    if schema.single_key:
+        return orjson.dumps({"schema": schema.single_key, "data": [r[0] for r in rows]})
+    return orjson.dumps({"schema": list(schema.keys), "is_raw": True, "data": rows})
+
+
+class Sender:
+    """Sends the batches of one session. Call it with (batch, last); it returns once acknowledged.
+
+    Transient failures are retried with backoff and the same `batch_seq`; throttles pause
+    the whole ad account through its limiter; anything else is raised at once. Batch 1 of a
+    replace is never re-sent blind: when its outcome is unknown, the API is asked first.
+    """
+
+    def __init__(
+        self,
+        client: GraphClient,
+        limiter: AccountLimiter,
+        tally: Tally,
+        *,
+        audience_id: str,
+        mode: Mode,
+        schema: Schema,
+        session_id: int,
+        retry: RetryPolicy,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._limiter = limiter
+        self._tally = tally
+        self._audience = audience_id
+        self._mode: Mode = mode
+        self._schema = schema
+        self._session_id = session_id
+        self._retry = retry
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    async def __call__(self, batch: Batch, last: bool) -> None:
+        payload = encode_payload(self._schema, batch.rows)
+        session = {
+            "session_id": self._session_id,
+            "batch_seq": batch.seq,
+            "last_batch_flag": last,
+        }
+        failures = throttles = 0
+        while True:
+            await self._limiter.acquire()
+            try:
+                reply = await self._client.upload(self._audience, self._mode, payload, session)
+            except ApiError as exc:
+                if exc.is_throttle:
+                    throttles += 1
+                    self._tally.throttled += 1
+                    pause = self._limiter.on_throttle(parse_usage(exc.headers))
+                    log.info("ad account throttled (code %s), pausing %.1fs", exc.info.code, pause)
+                    if throttles > self._retry.max_throttles:
+                        raise RetriesExhausted(exc, failures + throttles) from None
+                    continue
+                if not exc.is_transient:
+                    raise
+                failures = await self._backoff(exc, batch, failures)
+                continue
+            except TransportError as exc:
+                if exc.maybe_applied and self._mode == "replace" and batch.seq == 1:
+                    body = await self._replace_started()
+                    if body is not None:
+                        self._acknowledged(batch, body)
+                        return
+                failures = await self._backoff(exc, batch, failures)
+                continue
+            self._limiter.on_success(parse_usage(reply.headers))
+            self._acknowledged(batch, reply.body)
+            return
+
+    def _acknowledged(self, batch: Batch, body: dict[str, Any]) -> None:
+        self._tally.acknowledged(len(batch.rows), body)
+
+    async def _backoff(self, exc: ApiError | TransportError, batch: Batch, failures: int) -> int:
+        if failures >= self._retry.max_retries:
+            raise RetriesExhausted(exc, failures + 1) from None
+        self._tally.retries += 1
+        delay = self._retry.backoff.delay(failures, self._rng)
+        log.info("batch %d failed (%s), retrying in %.2fs", batch.seq, exc, delay)
+        await self._sleep(delay)
+        return failures + 1
+
+    async def _replace_started(self) -> dict[str, Any] | None:
+        """Whether the API saw batch 1 of this replace session; None when it did not."""
+        for attempt in range(self._retry.max_retries + 1):
+            try:
+                status = await self._client.session_status(self._audience, self._session_id)
+            except (ApiError, TransportError) as exc:
+                if attempt == self._retry.max_retries:
+                    raise RetriesExhausted(exc, attempt + 1) from None
+                await self._sleep(self._retry.backoff.delay(attempt, self._rng))
+                continue
+            if status is None:
+                return None
+            try:
+                received = int(status.get("num_received", 0))
+            except (TypeError, ValueError):
+                received = 0
+            return {"num_received": received}
+        return None
