@@ -1,0 +1,115 @@
+"""The session coordinator's ordering guarantees, with a scripted send (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from engine.batcher import Batch
+from engine.session import SessionCoordinator
+
+
+class Recorder:
+    """A send that logs starts and acks; each send yields a random number of times first."""
+
+    def __init__(self, seed: int = 0, fail_on: int | None = None) -> None:
+        self.events: list[tuple[str, int, bool]] = []
+        self.inflight = 0
+        self.max_inflight = 0
+        self.rng = random.Random(seed)
+        self.fail_on = fail_on
+
+    async def __call__(self, batch: Batch, last: bool) -> None:
+        self.events.append(("start", batch.seq, last))
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            for _ in range(self.rng.randrange(20)):
+                await asyncio.sleep(0)
+            if batch.seq == self.fail_on:
+                raise RuntimeError(f"batch {batch.seq} refused")
+            self.events.append(("ack", batch.seq, last))
+        finally:
+            self.inflight -= 1
+
+
+async def feed(n: int) -> asyncio.Queue[Batch | None]:
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+    for seq in range(1, n + 1):
+        queue.put_nowait(Batch(seq, [["x"]], seq, seq))
+    queue.put_nowait(None)
+    return queue
+
+
+def check_invariants(events: list[tuple[str, int, bool]], n: int) -> None:
+    starts = [seq for kind, seq, _ in events if kind == "start"]
+    acks = [seq for kind, seq, _ in events if kind == "ack"]
+    assert sorted(starts) == list(range(1, n + 1))  # each batch once
+    assert starts == sorted(starts)  # started in order
+    assert sorted(acks) == list(range(1, n + 1))
+    flagged = [seq for kind, seq, last in events if kind == "start" and last]
+    assert flagged == [n]  # last flag on batch N alone
+    last_start = events.index(("start", n, True))
+    assert set(acks[: n - 1]) == set(range(1, n))
+    assert all(events.index(("ack", s, False)) < last_start for s in range(1, n))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("concurrency", [1, 3, 8])
+async def test_add_invariants_hold_under_concurrency(seed: int, concurrency: int) -> None:
+    send = Recorder(seed)
+    sent = await SessionCoordinator(send, concurrency=concurrency, first_alone=False).run(
+        await feed(25)
+    )
+    assert sent == 25
+    check_invariants(send.events, 25)
+    assert send.max_inflight <= concurrency
+    if concurrency > 1:
+        assert send.max_inflight > 1  # really concurrent
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_replace_acknowledges_batch_one_before_any_other(seed: int) -> None:
+    send = Recorder(seed)
+    await SessionCoordinator(send, concurrency=8, first_alone=True).run(await feed(12))
+    check_invariants(send.events, 12)
+    assert send.events[:2] == [("start", 1, False), ("ack", 1, False)]
+
+
+@pytest.mark.parametrize("first_alone", [False, True])
+async def test_single_batch_is_sent_once_as_last(first_alone: bool) -> None:
+    send = Recorder()
+    await SessionCoordinator(send, concurrency=4, first_alone=first_alone).run(await feed(1))
+    assert send.events == [("start", 1, True), ("ack", 1, True)]
+
+
+async def test_no_batches_sends_nothing() -> None:
+    send = Recorder()
+    assert await SessionCoordinator(send, concurrency=4, first_alone=False).run(await feed(0)) == 0
+    assert send.events == []
+
+
+async def test_failure_stops_new_sends_lets_inflight_finish_and_raises() -> None:
+    send = Recorder(seed=3, fail_on=5)
+    with pytest.raises(RuntimeError, match="batch 5 refused"):
+        await SessionCoordinator(send, concurrency=4, first_alone=False).run(await feed(40))
+    started = {seq for kind, seq, _ in send.events if kind == "start"}
+    acked = {seq for kind, seq, _ in send.events if kind == "ack"}
+    assert max(started) < 5 + 4 + 1  # at most one window past the failure
+    assert started - acked == {5}  # everything else that started was acknowledged
+    assert not any(last for _, _, last in send.events)  # the last batch never went out
+    assert send.inflight == 0
+
+
+async def test_failure_surfaces_while_input_is_still_coming() -> None:
+    send = Recorder(fail_on=1)
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+    queue.put_nowait(Batch(1, [["x"]], 1, 1))
+    queue.put_nowait(Batch(2, [["x"]], 2, 2))
+    # No end marker: the producer is "slow"; the error must not wait for it.
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(
+            SessionCoordinator(send, concurrency=2, first_alone=False).run(queue), timeout=5
+        )
