@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -25,7 +25,7 @@ from .config import MODES, Credentials, UploadJob
 from .errors import InputError
 from .limiter import LimiterConfig, LimiterRegistry
 from .pipeline import run_job
-from .report import Report, Tally
+from .report import Progress, ProgressFn, Report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 log = logging.getLogger("engine")
@@ -142,25 +142,28 @@ def _limiters(options: dict[str, Any]) -> LimiterRegistry:
 
 async def _upload(options: dict[str, Any]) -> int:
     job = _job(options)
-    credentials = Credentials(
-        os.environ.get("META_ACCESS_TOKEN"), os.environ.get("META_APP_SECRET")
-    )
-    tally: list[Tally] = []
+    env = os.environ
+    credentials = Credentials(env.get("META_ACCESS_TOKEN"), env.get("META_APP_SECRET"))
+    stop = asyncio.Event()
     task = asyncio.current_task()
     assert task is not None
+
+    def on_signal() -> None:
+        # First signal: stop gracefully (in-flight requests finish). Second: at once.
+        if stop.is_set():
+            task.cancel()
+        else:
+            print("stopping: letting requests in flight finish (again to force)", file=sys.stderr)
+            stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    show = not options.get("quiet") and sys.stderr.isatty()
+        loop.add_signal_handler(sig, on_signal)
     try:
-        async with _progress(tally, show):
+        with _progress_bar(not options.get("quiet") and sys.stderr.isatty()) as progress:
             report = await run_job(
-                job, credentials, limiters=_limiters(options), tally_ready=tally.append
+                job, credentials, limiters=_limiters(options), progress=progress, stop=stop
             )
-    except asyncio.CancelledError:
-        if not tally:
-            raise
-        report = tally[0].report("interrupted", message="interrupted by a signal")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -187,33 +190,27 @@ def _emit(report: Report, path: str | None) -> None:
         print(f"{report.status}: {report.message}", file=sys.stderr)
 
 
-@contextlib.asynccontextmanager
-async def _progress(tally: list[Tally], show: bool) -> AsyncIterator[None]:
-    """A progress bar on stderr, fed by polling the job's tally."""
+@contextlib.contextmanager
+def _progress_bar(show: bool) -> Iterator[ProgressFn | None]:
+    """A progress bar on stderr fed by the job's progress events; nothing when not a terminal."""
     if not show:
-        yield
+        yield None
         return
     from tqdm import tqdm
 
-    bar = tqdm(unit=" rows", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+    with tqdm(unit=" rows", unit_scale=True, file=sys.stderr, dynamic_ncols=True) as bar:
 
-    async def refresh() -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            if tally:
-                t = tally[0]
-                bar.n = t.rows_read
-                bar.set_postfix(
-                    sent=t.rows_sent, batches=f"{t.batches_sent}/{t.batches_total}", refresh=False
-                )
-                bar.refresh()
+        def update(p: Progress) -> None:
+            bar.n = p.rows_read
+            bar.set_postfix(
+                sent=p.rows_sent,
+                batches=f"{p.batches_sent}/{p.batches_total}",
+                throttled=p.throttled,
+                refresh=False,
+            )
+            bar.refresh()
 
-    task = asyncio.create_task(refresh())
-    try:
-        yield
-    finally:
-        task.cancel()
-        bar.close()
+        yield update
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

@@ -124,6 +124,10 @@ class TransportError(EngineError):
         self.maybe_applied = maybe_applied
 
 
+class Interrupted(EngineError):
+    """The job was asked to stop; what was acknowledged stays acknowledged (exit code 3)."""
+
+
 class RetriesExhausted(EngineError):
     """A batch kept failing with transient errors past the retry limit (exit code 1)."""
 

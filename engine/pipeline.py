@@ -26,7 +26,7 @@ from .errors import ApiError, InputError, RetriesExhausted
 from .limiter import LimiterRegistry
 from .normalize import NormalizeOptions, Schema, normalize_chunk
 from .readers import InputFile, open_input
-from .report import Report, Tally
+from .report import ProgressFn, Report, Tally
 from .rows import HashedChunk, RawChunk, Reject
 from .sender import RetryPolicy, Sender
 from .session import SessionCoordinator
@@ -38,8 +38,6 @@ QUEUE_CHUNKS = 4
 # Below this many bytes of input a process pool costs more to start than it saves.
 POOL_MIN_BYTES = 8 << 20
 
-ProgressFn = Callable[[Tally], None]
-
 
 async def run_job(
     job: UploadJob,
@@ -48,20 +46,23 @@ async def run_job(
     limiters: LimiterRegistry,
     http: aiohttp.ClientSession | None = None,
     retry: RetryPolicy | None = None,
-    tally_ready: ProgressFn | None = None,
+    progress: ProgressFn | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Report:
     """Run one upload to the end and report it.
 
     Raises InputError (bad usage or input, nothing sent). API refusals and exhausted
-    retries come back as a report with status "failed" and the API's error.
+    retries come back as a report with status "failed" and the API's error. Setting
+    `stop` ends the job early: sends in flight finish, the session is left open, and
+    the report says "interrupted". `progress` receives the running counts.
     """
     if not job.dry_run and not credentials.access_token:
         raise InputError("META_ACCESS_TOKEN is not set (required unless --dry-run)")
     with open_input(job.source, job.format) as source:
         schema = _bind_schema(job, source)
-        tally = Tally(job.mode, job.audience_id, job.ad_account, job.session_id or new_session_id())
-        if tally_ready:
-            tally_ready(tally)
+        session_id = job.session_id or new_session_id()
+        tally = Tally(job.mode, job.audience_id, job.ad_account, session_id, listener=progress)
+        stop = stop or asyncio.Event()
         retry = retry or RetryPolicy(max_retries=job.max_retries)
         with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
             try:
@@ -101,6 +102,7 @@ async def _run_stages(
     retry: RetryPolicy,
     pool: Executor | None,
     write_rejects: Callable[[list[Reject]], None],
+    stop: asyncio.Event,
 ) -> None:
     raw: asyncio.Queue[RawChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
     hashed: asyncio.Queue[HashedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
@@ -133,7 +135,7 @@ async def _run_stages(
             session_id=tally.session_id,
             retry=retry,
         )
-        stages.append(_send(job, sender, batches))
+        stages.append(_send(job, sender, batches, stop))
         await _gather_or_cancel(stages)
 
 
@@ -186,15 +188,14 @@ async def _batch(
     write_rejects: Callable[[list[Reject]], None],
 ) -> None:
     while (chunk := await inp.get()) is not None:
-        tally.rows_read += chunk.rows_read
         if chunk.rejects:
-            tally.rejected(chunk.rejects)
             write_rejects(chunk.rejects)
-        for batch in batcher.add(chunk):
-            tally.batches_total += 1
+        full = batcher.add(chunk)
+        tally.chunk(chunk.rows_read, chunk.rejects, len(full))
+        for batch in full:
             await out.put(batch)
     if (batch := batcher.flush()) is not None:
-        tally.batches_total += 1
+        tally.chunk(0, [], 1)
         await out.put(batch)
     await out.put(None)
 
@@ -204,9 +205,11 @@ async def _drain(inp: asyncio.Queue[Batch | None]) -> None:
         pass
 
 
-async def _send(job: UploadJob, sender: Sender, batches: asyncio.Queue[Batch | None]) -> None:
+async def _send(
+    job: UploadJob, sender: Sender, batches: asyncio.Queue[Batch | None], stop: asyncio.Event
+) -> None:
     coordinator = SessionCoordinator(
-        sender, concurrency=job.concurrency, first_alone=job.mode == "replace"
+        sender, concurrency=job.concurrency, first_alone=job.mode == "replace", stop=stop
     )
     if await coordinator.run(batches) == 0 and job.mode == "replace":
         if not job.allow_empty_replace:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +46,22 @@ class Report:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A progress event: the job's running counts (they add up to the final report's)."""
+
+    rows_read: int
+    rows_rejected: int
+    rows_sent: int
+    batches_total: int
+    batches_sent: int
+    retries: int
+    throttled: int
+
+
+ProgressFn = Callable[[Progress], None]
+
+
 @dataclass
 class Tally:
     """Counts gathered while the job runs; every stage writes here, `report()` reads it once."""
@@ -65,10 +82,29 @@ class Tally:
     invalid_entry_samples: dict[str, str] = field(default_factory=dict)
     retries: int = 0
     throttled: int = 0
+    listener: ProgressFn | None = None
 
-    def rejected(self, rejects: list[Reject]) -> None:
+    def progress(self) -> Progress:
+        return Progress(
+            self.rows_read,
+            self.rows_rejected,
+            self.rows_sent,
+            self.batches_total,
+            self.batches_sent,
+            self.retries,
+            self.throttled,
+        )
+
+    def _changed(self) -> None:
+        if self.listener is not None:
+            self.listener(self.progress())
+
+    def chunk(self, rows_read: int, rejects: list[Reject], new_batches: int) -> None:
+        self.rows_read += rows_read
         self.rows_rejected += len(rejects)
         self.rejected_by_reason.update(r.reason for r in rejects)
+        self.batches_total += new_batches
+        self._changed()
 
     def acknowledged(self, rows: int, body: dict[str, Any]) -> None:
         self.rows_sent += rows
@@ -86,6 +122,7 @@ class Tally:
                 if len(self.invalid_entry_samples) >= MAX_INVALID_SAMPLES:
                     break
                 self.invalid_entry_samples[str(k)] = str(v)
+        self._changed()
 
     def report(
         self, status: Status, error: ErrorInfo | None = None, message: str | None = None

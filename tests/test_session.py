@@ -8,6 +8,7 @@ import random
 import pytest
 
 from engine.batcher import Batch
+from engine.errors import Interrupted
 from engine.session import SessionCoordinator
 
 
@@ -113,3 +114,23 @@ async def test_failure_surfaces_while_input_is_still_coming() -> None:
         await asyncio.wait_for(
             SessionCoordinator(send, concurrency=2, first_alone=False).run(queue), timeout=5
         )
+
+
+async def test_stop_lets_inflight_finish_and_never_sends_the_last_batch() -> None:
+    stop = asyncio.Event()
+    send = Recorder(seed=1)
+    queue = await feed(30)
+
+    async def stopping_send(batch: Batch, last: bool) -> None:
+        if batch.seq == 6:
+            stop.set()
+        await send(batch, last)
+
+    coordinator = SessionCoordinator(stopping_send, concurrency=4, first_alone=False, stop=stop)
+    with pytest.raises(Interrupted):
+        await coordinator.run(queue)
+    started = {seq for kind, seq, _ in send.events if kind == "start"}
+    acked = {seq for kind, seq, _ in send.events if kind == "ack"}
+    assert started == acked  # everything in flight finished
+    assert max(started) <= 6 + 4
+    assert not any(last for _, _, last in send.events)
