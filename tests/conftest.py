@@ -1,0 +1,80 @@
+"""Shared fixtures: the fake Graph API on loopback, and the real CLI run as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from engine.fakegraph import FakeConfig, FakeGraph
+
+TOKEN = "EAAB-test-token-DO-NOT-LEAK-7f3a"
+APP_SECRET = "app-secret-DO-NOT-LEAK-91c2"
+AUDIENCE = "23850000000000001"
+AD_ACCOUNT = "act_1000000001"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeGraph]:
+    graph = FakeGraph(FakeConfig(token=TOKEN, app_secret=APP_SECRET, seed=1))
+    await graph.start()
+    try:
+        yield graph
+    finally:
+        await graph.close()
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def report(self) -> dict[str, object]:
+        return orjson.loads(self.stdout)  # type: ignore[no-any-return]
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> Run:
+    """Run `python -m engine ARGS` without blocking the loop the fake serves on."""
+    full_env = {
+        **os.environ,
+        "META_ACCESS_TOKEN": TOKEN,
+        "META_APP_SECRET": APP_SECRET,
+        **(env or {}),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine",
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=full_env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=120)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+def upload_args(path: Path | str, base: str, *extra: str) -> list[str]:
+    return [
+        "upload",
+        str(path),
+        "--audience",
+        AUDIENCE,
+        "--ad-account",
+        AD_ACCOUNT,
+        "--api-base",
+        base,
+        "--max-retries",
+        "6",
+        *extra,
+    ]
