@@ -1,0 +1,387 @@
+"""Per ad account rate limiting: a token bucket with AIMD, usage-header feedback and pauses.
+
+Meta counts Custom Audience calls per ad account (SPEC section 3, meta-api-facts section 3), so
+every job and audience of one account shares one `AccountLimiter`, handed out by
+`LimiterRegistry`. Senders call `acquire()` before every attempt and report each outcome with
+`on_success()` or `on_throttle()`, passing the usage figures `parse_usage()` read from the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from aiolimiter import AsyncLimiter
+
+log = logging.getLogger(__name__)
+
+BUC_HEADER = "x-business-use-case-usage"
+AD_ACCOUNT_HEADER = "x-ad-account-usage"
+APP_HEADER = "x-app-usage"
+_PCT_FIELDS = ("call_count", "total_cputime", "total_time")
+
+
+class Clock(Protocol):
+    """Where the limiter reads the time and how it waits out pauses."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class LoopClock:
+    """The running event loop's clock: `loop.time()` and `asyncio.sleep`.
+
+    This is the clock aiolimiter itself reads, so pauses and the bucket agree; under
+    `looptime` both run on virtual time. Outside a running loop it falls back to
+    `time.monotonic()`, which is what the default loops use.
+    """
+
+    def monotonic(self) -> float:
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class FakeClock:
+    """A virtual clock for tests: `sleep(s)` moves `monotonic()` forward by `s` at once.
+
+    It still yields to the event loop (`asyncio.sleep(0)`) so other tasks run, and it is
+    deterministic. Note that aiolimiter's bucket always reads the loop's clock, so an
+    `AccountLimiter` on a FakeClock has virtual pauses but real-time pacing; to test pacing,
+    run on `LoopClock` under `looptime` instead.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The highest usage figures a reply reported.
+
+    `pct` is the highest percentage of any quota (0-100, may exceed 100); `regain_s` is
+    Meta's estimated time until access comes back, in seconds, or None when not given or 0.
+    """
+
+    pct: float
+    regain_s: float | None = None
+
+
+def _number(value: Any) -> float | None:
+    """A finite JSON number (bools are not numbers here), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _numbers(obj: Mapping[str, Any], names: Iterable[str]) -> list[float]:
+    return [n for name in names if (n := _number(obj.get(name))) is not None]
+
+
+def _buc(value: Any, pcts: list[float], regains: list[float]) -> bool:
+    """X-Business-Use-Case-Usage: {"<business id>": [{"type", "call_count", ...}]}."""
+    if not isinstance(value, dict):
+        return False
+    entries = [
+        e
+        for group in value.values()
+        if isinstance(group, list)
+        for e in group
+        if isinstance(e, dict)
+    ]
+    # The custom_audience bucket is the one this engine spends; others only if it is absent.
+    ours = [e for e in entries if e.get("type") == "custom_audience"] or entries
+    for entry in ours:
+        pcts.extend(_numbers(entry, _PCT_FIELDS))
+        minutes = _number(entry.get("estimated_time_to_regain_access"))
+        if minutes is not None and minutes > 0:
+            regains.append(minutes * 60.0)
+    return bool(entries)
+
+
+def _ad_account(value: Any, pcts: list[float], regains: list[float]) -> bool:
+    """X-Ad-Account-Usage: {"acc_id_util_pct": 9.67, "reset_time_duration": 100, ...}."""
+    if not isinstance(value, dict):
+        return False
+    pcts.extend(_numbers(value, ("acc_id_util_pct",)))
+    return True
+
+
+def _app(value: Any, pcts: list[float], regains: list[float]) -> bool:
+    """X-App-Usage: {"call_count": 28, "total_time": 25, "total_cputime": 25}."""
+    if not isinstance(value, dict):
+        return False
+    pcts.extend(_numbers(value, _PCT_FIELDS))
+    return True
+
+
+_PARSERS = {BUC_HEADER: _buc, AD_ACCOUNT_HEADER: _ad_account, APP_HEADER: _app}
+
+
+def parse_usage(headers: Mapping[str, str]) -> Usage | None:
+    """The usage figures of a reply's headers; None when it carries none.
+
+    Header names match case-insensitively. A malformed header or field is skipped with a
+    debug message naming the header (never its value); this function never raises.
+    """
+    pcts: list[float] = []
+    regains: list[float] = []
+    try:
+        items = list(headers.items())
+    except Exception:  # an odd mapping must not break a send
+        log.debug("usage headers unreadable", exc_info=True)
+        return None
+    for name, raw in items:
+        parser = _PARSERS.get(name.lower()) if isinstance(name, str) else None
+        if parser is None:
+            continue
+        try:
+            value = orjson.loads(raw)
+        except (orjson.JSONDecodeError, TypeError):
+            log.debug("ignoring %s header: not JSON", name)
+            continue
+        if not parser(value, pcts, regains):
+            log.debug("ignoring %s header: unexpected shape", name)
+    if not pcts and not regains:
+        return None
+    return Usage(pct=max(pcts, default=0.0), regain_s=max(regains, default=None))
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: `delay(n)` is uniform in [0, min(cap, base * 2**n)]."""
+
+    base_s: float = 0.5
+    cap_s: float = 60.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        # min() first: 2**attempt may be huge, but a float overflow needs attempt > 1000.
+        bound = min(self.cap_s, self.base_s * 2.0 ** min(max(attempt, 0), 1000))
+        return rng.uniform(0.0, bound)
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterConfig:
+    """How fast one ad account may be called, and how to slow down.
+
+    `rate` defaults to 10 requests/s with a bucket of 10. Meta's Custom Audience quota is
+    5000 + 40 x audiences calls/hour on the Limited (standard) tier, about 1.4/s, and 190000 +
+    40 x audiences on the Full tier, about 53/s; with 10000-row payloads the CPU and time
+    quotas tend to bite before the call count. 10/s stays well under a Full-tier account's
+    quota and far exceeds what a single upload needs, while a Limited-tier account is held
+    back by the usage headers (`slow_pct`, `stop_pct`) and by 80003 pauses rather than by
+    a guess here. Raise `rate` for Full-tier accounts running many jobs at once.
+
+    `increase` is added to the current rate per success: after a halving from 10/s it takes
+    100 successes to recover. Above `slow_pct` usage the rate is capped in proportion,
+    from `rate` at `slow_pct` down to `min_rate` at `stop_pct`; above `stop_pct` the account
+    also pauses for `stop_pause_s` (or the regain estimate, if longer). Throttles pause for
+    `estimated_time_to_regain_access` capped at `max_throttle_wait_s`, else for `backoff`.
+    """
+
+    rate: float = 10.0
+    burst: int = 10
+    min_rate: float = 0.2
+    increase: float = 0.05
+    decrease: float = 0.5
+    slow_pct: float = 75.0
+    stop_pct: float = 95.0
+    max_throttle_wait_s: float = 300.0
+    stop_pause_s: float = 10.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_rate <= self.rate:
+            raise ValueError("need 0 < min_rate <= rate")
+        if self.burst < 1:
+            raise ValueError("burst must be at least 1")
+        if not 0 < self.decrease < 1:
+            raise ValueError("decrease must be between 0 and 1")
+        if self.increase < 0 or self.max_throttle_wait_s < 0 or self.stop_pause_s < 0:
+            raise ValueError("increase and waits must not be negative")
+        if not self.slow_pct < self.stop_pct:
+            raise ValueError("slow_pct must be below stop_pct")
+
+
+# When the calling task was last let through, per limiter. The sender acquires and reports
+# the outcome in one task, so on_throttle can tell a reply to a request sent before the
+# current throttle episode began (which must not count as a new throttle) from a fresh one.
+_GRANT: ContextVar[tuple[AccountLimiter, float] | None] = ContextVar("limiter_grant", default=None)
+
+# Rebuild the bucket when the rate has grown by this factor (or reached its top).
+_STEP_UP = 1.25
+
+
+class AccountLimiter:
+    """Token bucket for one ad account, built on aiolimiter.AsyncLimiter, with AIMD and
+    account-wide pauses.
+
+    `acquire()` returns once no pause is in force and the bucket has a token at the current
+    rate; every sender of the account calls it before every attempt, so a pause stops them
+    all. `on_success()` raises the rate additively toward `config.rate` (capped by the usage
+    figures); `on_throttle()` halves it and pauses the account. Throttles that belong to an
+    episode already under way (they arrive during its pause, or answer requests sent before
+    it began) only extend the pause to the later end: they neither stack pauses nor decrease
+    the rate again.
+    """
+
+    def __init__(
+        self,
+        config: LimiterConfig | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or LimiterConfig()
+        self._clock: Clock = clock or LoopClock()
+        self._rng = rng or random.Random()
+        # The allowed rate is the AIMD rate (errors) capped by the usage ceiling (headers);
+        # kept apart so that usage falling again lifts the cap at once.
+        self._aimd = self.config.rate
+        self._ceiling = self.config.rate  # from the latest usage figures
+        self._pause_until = -math.inf
+        self._episode_start = -math.inf  # first throttle of the latest episode
+        self._streak = 0  # throttle episodes since the last success
+        self._throttles = 0
+        # aiolimiter fixes its rate at construction (`_rate_per_sec` is private and derived in
+        # __init__), so a rate change builds a new AsyncLimiter rather than poking its
+        # internals. A new bucket starts full, so a rebuild never hands out a fresh burst;
+        # increases rebuild only in steps of _STEP_UP, so a climbing rate costs a handful of
+        # rebuilds rather than one per success.
+        self._bucket: AsyncLimiter | None = None
+        self._bucket_rate = 0.0
+
+    @property
+    def rate(self) -> float:
+        """The rate currently allowed, in requests per second."""
+        cfg = self.config
+        return max(cfg.min_rate, min(self._aimd, self._ceiling, cfg.rate))
+
+    @property
+    def throttles(self) -> int:
+        """How many throttling replies were reported."""
+        return self._throttles
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds left of the pause in force, 0 when none."""
+        return max(0.0, self._pause_until - self._clock.monotonic())
+
+    async def acquire(self) -> None:
+        """Wait until no pause is in force and a token is available at the current rate."""
+        while True:
+            while (left := self._pause_until - self._clock.monotonic()) > 0:
+                await self._clock.sleep(left)
+            bucket = await self._current_bucket()
+            await bucket.acquire()
+            # A pause or a slower rate may have begun while this task queued; a token from
+            # a replaced bucket does not count either, or two buckets would pace in parallel.
+            now = self._clock.monotonic()
+            if (
+                now < self._pause_until
+                or bucket is not self._bucket
+                or self.rate < self._bucket_rate
+            ):
+                continue
+            _GRANT.set((self, now))
+            return
+
+    def on_success(self, usage: Usage | None) -> None:
+        """Raise the rate additively; apply the usage cap; pause above `stop_pct`."""
+        cfg = self.config
+        if self._fresh():
+            self._streak = 0
+        if usage is not None:
+            self._ceiling = self._ceiling_for(usage.pct)
+        self._aimd = min(cfg.rate, self._aimd + cfg.increase)
+        if usage is not None and usage.pct > cfg.stop_pct:
+            wait = max(cfg.stop_pause_s, min(usage.regain_s or 0.0, cfg.max_throttle_wait_s))
+            self._extend_pause(wait)
+            log.info("ad account usage at %.0f%%, pausing %.1fs", usage.pct, wait)
+
+    def on_throttle(self, usage: Usage | None) -> float:
+        """Decrease the rate and pause the account; return the seconds left of the pause."""
+        cfg = self.config
+        now = self._clock.monotonic()
+        self._throttles += 1
+        if now >= self._pause_until and self._fresh():
+            # A new episode: the first throttle of a request sent after the last one began.
+            self._episode_start = now
+            self._streak += 1
+            self._aimd = max(cfg.min_rate, self.rate * cfg.decrease)
+        if usage is not None:
+            self._ceiling = self._ceiling_for(usage.pct)
+        if usage is not None and usage.regain_s:
+            wait = min(usage.regain_s, cfg.max_throttle_wait_s)
+        else:
+            wait = cfg.backoff.delay(max(self._streak - 1, 0), self._rng)
+        self._extend_pause(wait)
+        return self._pause_until - now
+
+    def _fresh(self) -> bool:
+        """Whether the calling task's last request was sent after the latest episode began."""
+        grant = _GRANT.get()
+        if grant is None or grant[0] is not self:
+            return True  # not known: count it
+        return grant[1] > self._episode_start
+
+    def _extend_pause(self, seconds: float) -> None:
+        self._pause_until = max(self._pause_until, self._clock.monotonic() + seconds)
+
+    def _ceiling_for(self, pct: float) -> float:
+        cfg = self.config
+        if pct <= cfg.slow_pct:
+            return cfg.rate
+        share = (cfg.stop_pct - pct) / (cfg.stop_pct - cfg.slow_pct)
+        return max(cfg.min_rate, cfg.rate * share)
+
+    async def _current_bucket(self) -> AsyncLimiter:
+        rate, top = self.rate, min(self.config.rate, self._ceiling)
+        bucket = self._bucket
+        if bucket is not None and (
+            self._bucket_rate <= rate < self._bucket_rate * _STEP_UP
+            and not (rate > self._bucket_rate and rate >= top)
+        ):
+            return bucket
+        burst = self.config.burst
+        new = AsyncLimiter(burst, burst / rate)
+        if bucket is not None:
+            await new.acquire(burst)  # start full; returns at once on an empty bucket
+        self._bucket, self._bucket_rate = new, rate
+        return new
+
+
+class LimiterRegistry:
+    """One AccountLimiter per ad account id, shared by every job and audience of that account
+    in the process."""
+
+    def __init__(self, config: LimiterConfig | None = None, clock: Clock | None = None) -> None:
+        self.config = config or LimiterConfig()
+        self._clock = clock
+        self._limiters: dict[str, AccountLimiter] = {}
+
+    def get(self, ad_account: str) -> AccountLimiter:
+        limiter = self._limiters.get(ad_account)
+        if limiter is None:
+            limiter = self._limiters[ad_account] = AccountLimiter(self.config, self._clock)
+        return limiter

@@ -1,0 +1,543 @@
+"""Input readers: CSV, JSON Lines and Parquet, from a file, a .gz file or stdin, as RawChunks.
+
+The readers never crash on a bad row and never drop one silently: every data row ends up
+exactly once in a chunk's `row_numbers` or `rejects` (SPEC section 4). Reasons are stable
+codes and messages name rows and columns, never raw values (SPEC section 5).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import itertools
+import operator
+import os
+import stat
+import sys
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, BinaryIO, cast
+
+import orjson
+
+from .errors import InputError
+from .rows import RawChunk, Reject
+
+FORMATS = ("csv", "jsonl", "parquet")
+_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+# A cell longer than this is rejected: no identifier is that long, and keeping such
+# cells out bounds what later stages hold per row.
+MAX_FIELD = 64 * 1024
+# csv's own per-field cap (its default is 128 Ki). Fields between MAX_FIELD and this are
+# read whole and rejected cleanly; the cap bounds memory when a stray quote swallows the
+# rest of a file. Past it csv raises and skips the rest of that physical line, which keeps
+# numbering right unless the field is quoted and spans lines (then the file is beyond repair).
+CSV_FIELD_LIMIT = 16 * 1024 * 1024
+# JSON Lines are read with a line cap for the same reason.
+MAX_LINE = CSV_FIELD_LIMIT
+_FINGERPRINT_SPAN = 64 * 1024
+_DELIMITERS = (",", ";", "\t", "|")
+_STREAM_ERRORS = (OSError, EOFError, zlib.error)
+
+# Column-name aliases per key, compared after _squash(). Each key's own name is added below.
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "EXTERN_ID": ("external_id", "externalid", "customer_id"),
+    "EMAIL": ("email", "e-mail", "email_address", "mail"),
+    "PHONE": ("phone", "phone_number", "mobile", "telephone", "tel", "cell"),
+    "GEN": ("gender", "sex"),
+    "DOBY": ("birth_year", "dob_year", "year_of_birth"),
+    "DOBM": ("birth_month", "dob_month"),
+    "DOBD": ("birth_day", "dob_day"),
+    "LN": ("last_name", "lastname", "surname", "family_name"),
+    "FN": ("first_name", "firstname", "given_name"),
+    "FI": ("first_initial",),
+    "CT": ("city", "town"),
+    "ST": ("state", "region", "province"),
+    "ZIP": ("zipcode", "zip_code", "postal_code", "postcode", "postal"),
+    "MADID": ("maid", "mobile_advertiser_id", "idfa", "gaid", "aaid", "advertising_id"),
+    "COUNTRY": ("country_code",),
+    "LOOKALIKE_VALUE": ("value", "ltv", "customer_value"),
+}
+KNOWN_KEYS = frozenset(_ALIASES)
+
+
+def _squash(name: str) -> str:
+    """Column name as compared to aliases: case, spaces, '-', '_' and '.' ignored."""
+    return name.lower().translate(_SQUASH_TABLE)
+
+
+_SQUASH_TABLE = str.maketrans("", "", " -_.")
+_ALIAS_TO_KEY = {_squash(alias): key for key, names in _ALIASES.items() for alias in (key, *names)}
+
+
+def open_input(path: str, fmt: str | None = None) -> InputFile:
+    """Open `path` ("-" is stdin) as the given format, or the one its name implies.
+
+    Reads the header (CSV), the first object (JSON Lines) or the schema (Parquet) at once, so
+    an unreadable or empty input fails here, before anything is sent.
+    """
+    name = path.lower()
+    gz = name.endswith(".gz")
+    if gz:
+        name = name[:-3]
+    if fmt is None:
+        implied = "csv" if path == "-" else _SUFFIXES.get(os.path.splitext(name)[1])
+        if implied is None:
+            raise InputError(
+                f"cannot tell the format of {path!r} from its name; use --format csv|jsonl|parquet"
+            )
+        fmt = implied
+    if fmt not in FORMATS:
+        raise InputError(f"unknown input format {fmt!r}; use csv, jsonl or parquet")
+    if fmt == "parquet":
+        if gz or path == "-":
+            raise InputError("parquet is read from an uncompressed file, not gzip or stdin")
+        return _ParquetInput(path)
+    stream, owned = _open_binary(path, gz)
+    try:
+        if fmt == "csv":
+            tab = name.endswith(".tsv")
+            return _CsvInput(path, stream, owned, "\t" if tab else None)
+        return _JsonlInput(path, stream, owned)
+    except BaseException:
+        if owned:
+            stream.close()
+        raise
+
+
+def _open_binary(path: str, gz: bool) -> tuple[BinaryIO, bool]:
+    """The raw byte stream, and whether closing it is ours to do (stdin is not)."""
+    if path == "-":
+        raw = sys.stdin.buffer
+        peek = getattr(raw, "peek", None)
+        # stdin has no name to end in .gz, so look for gzip's magic number instead.
+        if gz or (peek is not None and peek(2)[:2] == b"\x1f\x8b"):
+            return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb")), True
+        return raw, False
+    try:
+        if gz:
+            return cast(BinaryIO, gzip.open(path, "rb")), True
+        return open(path, "rb"), True  # noqa: SIM115 - closed by InputFile.close()
+    except OSError as exc:
+        raise InputError(f"cannot read input {path!r}: {exc.strerror or exc}") from exc
+
+
+class InputFile:
+    """One input, opened. Call bind(), then iterate chunks(); close() when done."""
+
+    columns: list[str]
+    # JSON Lines objects need not all have the same keys, so a --map column need not be in
+    # the first object (which is all `columns` shows).
+    _map_needs_column = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.columns = []
+        self._bound: tuple[str, ...] | None = None  # column per bound key, in key order
+        self._closed = False
+
+    def bind(self, keys: Sequence[str] | None, column_map: Mapping[str, str]) -> tuple[str, ...]:
+        """Choose the column for each key; return the keys in payload order."""
+        mapping = {key.strip().upper(): column for key, column in column_map.items()}
+        for key in mapping:
+            _check_key(key)
+        if keys is None:
+            pairs = [(key, self._find_column(key, column)) for key, column in mapping.items()]
+            for column in self.columns:
+                implied = _ALIAS_TO_KEY.get(_squash(column))
+                if implied is not None and all(implied != k for k, _ in pairs):
+                    pairs.append((implied, column))  # the first column for a key wins
+            if not pairs:
+                raise InputError(f"no column maps to a key; use --schema/--map. {self._listing()}")
+            # Payload order follows the file's column order, so it is stable for a file.
+            order = {column: i for i, column in reversed(list(enumerate(self.columns)))}
+            pairs.sort(key=lambda kc: order.get(kc[1], len(order)))
+        else:
+            wanted = [key.strip().upper() for key in keys]
+            for key in wanted:
+                _check_key(key)
+                if wanted.count(key) > 1:
+                    raise InputError(f"key {key} appears twice in the schema")
+            extra = sorted(set(mapping) - set(wanted))
+            if extra:
+                raise InputError(f"--map names {', '.join(extra)}, which the schema does not list")
+            pairs = [
+                (key, self._find_column(key, mapping[key]) if key in mapping else self._alias(key))
+                for key in wanted
+            ]
+        self._bound = tuple(column for _, column in pairs)
+        return tuple(key for key, _ in pairs)
+
+    def _alias(self, key: str) -> str:
+        for column in self.columns:
+            if _ALIAS_TO_KEY.get(_squash(column)) == key:
+                return column
+        raise InputError(f"no column for {key}; use --map {key}=COLUMN. {self._listing()}")
+
+    def _find_column(self, key: str, column: str) -> str:
+        """The file's column for a --map value."""
+        if column in self.columns:
+            return column
+        # Forgive case and surrounding spaces in --map, when that is unambiguous.
+        near = [c for c in self.columns if c.strip().lower() == column.strip().lower()]
+        if len(near) == 1:
+            return near[0]
+        if not self._map_needs_column:
+            return column
+        raise InputError(f"column {column!r} for {key} not found; {self._listing()}")
+
+    def _listing(self) -> str:
+        return "columns are: " + (", ".join(repr(c) for c in self.columns) or "(none)")
+
+    def _bound_columns(self) -> tuple[str, ...]:
+        if self._bound is None:
+            raise RuntimeError("InputFile.bind() must be called before chunks()")
+        return self._bound
+
+    def chunks(self, chunk_rows: int = 5000) -> Iterator[RawChunk]:
+        """Rows in chunks of at most `chunk_rows` (accepted plus rejected)."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """Cheap identity of the input, to tell on resume whether it is the same file."""
+        if self.path == "-":
+            return "stdin"
+        try:
+            st = os.stat(self.path)
+            if not stat.S_ISREG(st.st_mode):
+                return "stream"  # a pipe or device: reading it here would consume it
+            digest = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:".encode())
+            with open(self.path, "rb") as f:
+                digest.update(f.read(_FINGERPRINT_SPAN))
+                f.seek(max(0, st.st_size - _FINGERPRINT_SPAN))
+                digest.update(f.read(_FINGERPRINT_SPAN))
+        except OSError as exc:
+            raise InputError(f"cannot read input {self.path!r}: {exc.strerror or exc}") from exc
+        return digest.hexdigest()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:
+        pass
+
+    def __enter__(self) -> InputFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _check_key(key: str) -> None:
+    if key not in KNOWN_KEYS:
+        raise InputError(f"unknown key {key!r}; keys are: {', '.join(_ALIASES)}")
+
+
+def _unreadable(row: int, exc: BaseException) -> InputError:
+    return InputError(f"input became unreadable after data row {row}: {exc}")
+
+
+class _CsvInput(InputFile):
+    def __init__(self, path: str, stream: BinaryIO, owned: bool, delimiter: str | None) -> None:
+        super().__init__(path)
+        self._owned = owned
+        # surrogateescape: bad bytes become lone surrogates, found per row, instead of an
+        # exception that would end the whole read.
+        self._text = io.TextIOWrapper(
+            stream, encoding="utf-8-sig", errors="surrogateescape", newline=""
+        )
+        if csv.field_size_limit() < CSV_FIELD_LIMIT:
+            csv.field_size_limit(CSV_FIELD_LIMIT)
+        try:
+            first = self._text.readline()
+        except _STREAM_ERRORS as exc:
+            raise InputError(f"cannot read input {path!r}: {exc}") from exc
+        if not first:
+            raise InputError(f"input {path!r} is empty: a header row is required")
+        if delimiter is None:
+            # The most frequent candidate in the header; ties go to the earlier one.
+            delimiter = max(_DELIMITERS, key=first.count)
+        # Give the header line back to the reader, which may need the lines after it too.
+        self._reader = csv.reader(itertools.chain([first], self._text), delimiter=delimiter)
+        try:
+            self.columns = next(self._reader)
+        except (csv.Error, StopIteration) as exc:
+            raise InputError(f"cannot parse the header row of {path!r}") from exc
+        except _STREAM_ERRORS as exc:
+            raise InputError(f"cannot read input {path!r}: {exc}") from exc
+        if not self.columns:
+            raise InputError(f"the first line of {path!r} is blank: a header row is required")
+        self._rows_seen = 0
+
+    def chunks(self, chunk_rows: int = 5000) -> Iterator[RawChunk]:
+        indices = [self.columns.index(c) for c in self._bound_columns()]
+        get: Callable[[list[str]], tuple[str, ...]]
+        if len(indices) == 1:
+            only = indices[0]
+
+            def get(row: list[str]) -> tuple[str, ...]:
+                return (row[only],)
+        else:
+            get = operator.itemgetter(*indices)
+        width = len(self.columns)
+        reader = self._reader
+        n = self._rows_seen
+        cut = n + chunk_rows
+        rows: list[int] = []
+        values: list[tuple[str, ...]] = []
+        rejects: list[Reject] = []
+        while True:
+            # The for loop is the fast path; a csv.Error ends it, and the while resumes
+            # the same reader after the bad record.
+            try:
+                for row in reader:
+                    n += 1
+                    if len(row) == width:
+                        # One join per row tells both checks apart from the common case.
+                        joined = "".join(row)
+                        if joined.isascii() and len(joined) <= MAX_FIELD:
+                            rows.append(n)
+                            values.append(get(row))
+                        else:
+                            reason = _row_problem(row, joined)
+                            if reason is None:
+                                rows.append(n)
+                                values.append(get(row))
+                            else:
+                                rejects.append(Reject(n, "", reason))
+                    elif row:
+                        rejects.append(Reject(n, "", "ragged_row"))
+                    else:
+                        rejects.append(Reject(n, "", "blank_line"))
+                    if n == cut:
+                        self._rows_seen = n
+                        yield RawChunk(rows, values, rejects)
+                        rows, values, rejects = [], [], []
+                        cut = n + chunk_rows
+                break
+            except csv.Error as exc:
+                n += 1
+                too_big = "field larger than field limit" in str(exc)
+                rejects.append(Reject(n, "", "field_too_large" if too_big else "malformed_csv"))
+                if n == cut:
+                    self._rows_seen = n
+                    yield RawChunk(rows, values, rejects)
+                    rows, values, rejects = [], [], []
+                    cut = n + chunk_rows
+            except _STREAM_ERRORS as exc:
+                raise _unreadable(n, exc) from exc
+        self._rows_seen = n
+        if rows or rejects:
+            yield RawChunk(rows, values, rejects)
+
+    def _close(self) -> None:
+        if self._owned:
+            self._text.close()
+        else:
+            self._text.detach()  # leave stdin open for whoever else holds it
+
+
+def _row_problem(row: list[str], joined: str) -> str | None:
+    """Why a row that is not short plain ASCII cannot be used, if it cannot."""
+    if not joined.isascii():
+        try:
+            joined.encode("utf-8")  # lone surrogates: bytes that were not UTF-8
+        except UnicodeEncodeError:
+            return "bad_encoding"
+    if len(joined) > MAX_FIELD and any(len(cell) > MAX_FIELD for cell in row):
+        return "field_too_large"
+    return None
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class _JsonlInput(InputFile):
+    _map_needs_column = False
+
+    def __init__(self, path: str, stream: BinaryIO, owned: bool) -> None:
+        super().__init__(path)
+        self._stream = stream
+        self._owned = owned
+        # Lines read while looking for the first object; chunks() reads them again first.
+        self._pending: list[bytes] = []
+        try:
+            while len(self._pending) < 1000:  # no object near the top: chunks() rejects lines
+                line = self._read_line()
+                if not line:
+                    break
+                if not self._pending and line.startswith(_BOM):
+                    line = line[len(_BOM) :]
+                self._pending.append(line)
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict):
+                    self.columns = [str(k) for k in obj]
+                    break
+        except _STREAM_ERRORS as exc:
+            raise InputError(f"cannot read input {path!r}: {exc}") from exc
+        if not self._pending:
+            raise InputError(f"input {path!r} is empty")
+
+    def _read_line(self) -> bytes:
+        """The next line, or its first MAX_LINE bytes when it is longer (rest skipped)."""
+        line = self._stream.readline(MAX_LINE)
+        if len(line) >= MAX_LINE and not line.endswith(b"\n"):
+            # Skip the rest in pieces, so memory stays bounded and it counts as one row.
+            while (more := self._stream.readline(MAX_LINE)) and not more.endswith(b"\n"):
+                pass
+        return line
+
+    def chunks(self, chunk_rows: int = 5000) -> Iterator[RawChunk]:
+        columns = self._bound_columns()
+        n = 0
+        rows: list[int] = []
+        values: list[tuple[str, ...]] = []
+        rejects: list[Reject] = []
+        try:
+            for line in itertools.chain(self._pending, iter(self._read_line, b"")):
+                n += 1
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    obj = None
+                if not isinstance(obj, dict):
+                    too_long = len(line) >= MAX_LINE
+                    rejects.append(Reject(n, "", "field_too_large" if too_long else _bad(line)))
+                else:
+                    cells = tuple(_cell(obj.get(c)) for c in columns)
+                    if len(line) > MAX_FIELD and any(len(c) > MAX_FIELD for c in cells):
+                        rejects.append(Reject(n, "", "field_too_large"))
+                    else:
+                        rows.append(n)
+                        values.append(cells)
+                if len(rows) + len(rejects) == chunk_rows:
+                    yield RawChunk(rows, values, rejects)
+                    rows, values, rejects = [], [], []
+        except _STREAM_ERRORS as exc:
+            raise _unreadable(n, exc) from exc
+        self._pending = []
+        if rows or rejects:
+            yield RawChunk(rows, values, rejects)
+
+    def _close(self) -> None:
+        if self._owned:
+            self._stream.close()
+
+
+def _bad(line: bytes) -> str:
+    """Why a line is not a usable JSON object."""
+    if not line.strip():
+        return "blank_line"
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bad_encoding"
+    return "invalid_json"
+
+
+def _cell(value: Any) -> str:
+    """A JSON or Parquet value as cell text: null and nested values are unknown ("")."""
+    if value.__class__ is str:
+        return value
+    if value is None or isinstance(value, dict | list | tuple):
+        return ""
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+class _ParquetInput(InputFile):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        try:
+            import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]  # lazily: parquet is optional
+        except ImportError as exc:
+            raise InputError(
+                "reading parquet needs pyarrow: install audience-engine[parquet]"
+            ) from exc
+        try:
+            self._file = pq.ParquetFile(path)
+        except FileNotFoundError as exc:
+            raise InputError(f"cannot read input {path!r}: {exc.strerror or exc}") from exc
+        except Exception as exc:  # pyarrow raises several types for a file it cannot open
+            raise InputError(f"cannot read parquet file {path!r}: {exc}") from exc
+        self.columns = list(self._file.schema_arrow.names)
+
+    def chunks(self, chunk_rows: int = 5000) -> Iterator[RawChunk]:
+        import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]
+
+        columns = self._bound_columns()
+        wanted = list(dict.fromkeys(columns))  # read each column once
+        n = 0
+        try:
+            for batch in self._file.iter_batches(batch_size=chunk_rows, columns=wanted):
+                texts = {name: _texts(batch.column(name)) for name in wanted}
+                numbers = range(n + 1, n + 1 + batch.num_rows)
+                n += batch.num_rows
+                values = list(zip(*(texts[c][0] for c in columns), strict=True))
+                if not any(texts[c][1] for c in columns):
+                    yield RawChunk(list(numbers), values)
+                    continue
+                # Some binary cells were not UTF-8: find their rows (the rare, slow path).
+                chunk = RawChunk([], [])
+                for row, cells in zip(numbers, values, strict=True):
+                    if _utf8(cells):
+                        chunk.row_numbers.append(row)
+                        chunk.values.append(cells)
+                    else:
+                        chunk.rejects.append(Reject(row, "", "bad_encoding"))
+                yield chunk
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable(n, exc) from exc
+
+    def _close(self) -> None:
+        self._file.close()
+
+
+def _texts(array: Any) -> tuple[list[str], bool]:
+    """One Parquet column as cell texts, and whether any may hold bytes that were not UTF-8."""
+    import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]
+    import pyarrow.compute as pc  # type: ignore[import-untyped, unused-ignore]
+
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        return [v if v is not None else "" for v in array.to_pylist()], False
+    try:
+        # Arrow's own cast turns numbers, dates and dictionary columns into text in C.
+        texts = pc.fill_null(pc.cast(array, pa.string()), "").to_pylist()
+        return texts, False
+    except pa.ArrowException:
+        # Nested values (-> ""), or binary that is not UTF-8 (-> surrogates, found by _utf8).
+        return [_cell(v) for v in array.to_pylist()], True
+
+
+def _utf8(cells: tuple[str, ...]) -> bool:
+    try:
+        "".join(cells).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

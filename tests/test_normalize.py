@@ -1,0 +1,498 @@
+"""Normalization and hashing by Meta's customer-file rules (SPEC section 8)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import pickle
+import unicodedata
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import ConfigError
+from engine.normalize import (
+    KEYS,
+    PLAIN_KEYS,
+    NormalizeOptions,
+    Schema,
+    hash_value,
+    normalize_chunk,
+    normalize_value,
+)
+from engine.rows import RawChunk, Reject
+
+EMPTY_SHA = hashlib.sha256(b"").hexdigest()
+DIGEST = hashlib.sha256(b"mary@example.com").hexdigest()
+THIS_YEAR = datetime.date.today().year
+
+
+def sha(s: str) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+# --- hashing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "digest"),
+    [
+        ("mary@example.com", "f1904cf1a9d73a55fa5de0ac823c4403ded71afd4c3248d00bdcd0866552bb79"),
+        ("15559876543", "1ef970831d7963307784fa8688e8fce101a15685d62aa765fed23f3a2c576a4e"),
+        ("jsmith@example.com", "6e3913852f512d76acff15d1e402c7502a5bbe6101745a7120a2a4833ebd2350"),
+        ("josé", hashlib.sha256("josé".encode()).hexdigest()),
+    ],
+)
+def test_hash_value_matches_meta_vectors(text: str, digest: str) -> None:
+    assert hash_value(text) == digest
+
+
+def test_meta_vectors_through_normalization() -> None:
+    schema = Schema.parse("EMAIL,PHONE")
+    out = normalize_chunk(
+        RawChunk([1], [(" Mary@Example.COM ", "+1 (555) 987-6543")]), schema, NormalizeOptions()
+    )
+    assert out.data == [
+        [
+            "f1904cf1a9d73a55fa5de0ac823c4403ded71afd4c3248d00bdcd0866552bb79",
+            "1ef970831d7963307784fa8688e8fce101a15685d62aa765fed23f3a2c576a4e",
+        ]
+    ]
+
+
+# --- normalize_value, key by key ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "expected"),
+    [
+        # EMAIL: trim + lowercase, no gmail rewriting, must look like an address
+        ("EMAIL", "  Mary@Example.COM\t", "mary@example.com"),
+        ("EMAIL", "John.Doe+tag@Gmail.com", "john.doe+tag@gmail.com"),
+        ("EMAIL", "a@b.co", "a@b.co"),
+        ("EMAIL", "", ""),
+        ("EMAIL", "   ", ""),
+        ("EMAIL", "not-an-email", None),
+        ("EMAIL", "@example.com", None),
+        ("EMAIL", "a@@example.com", None),
+        ("EMAIL", "a@b@example.com", None),
+        ("EMAIL", "mary@localhost", None),
+        ("EMAIL", "mary@.com", None),
+        ("EMAIL", "mary@example.", None),
+        ("EMAIL", "ma ry@example.com", None),
+        ("EMAIL", "ma\try@example.com", None),
+        # PHONE: digits only, leading zeros removed, 7..15 digits
+        ("PHONE", "+1 (555) 010-9999", "15550109999"),
+        ("PHONE", "0044 7700 900123", "447700900123"),
+        ("PHONE", "+44 (0) 7700 900123", "4407700900123"),
+        ("PHONE", "1-555-987-6543", "15559876543"),
+        ("PHONE", "  ", ""),
+        ("PHONE", "123456", None),
+        ("PHONE", "1234567890123456", None),
+        ("PHONE", "call me", None),
+        ("PHONE", "000", None),
+        # GEN
+        ("GEN", "M", "m"),
+        ("GEN", " female ", "f"),
+        ("GEN", "Woman", "f"),
+        ("GEN", "MAN", "m"),
+        ("GEN", "Male", "m"),
+        ("GEN", "x", None),
+        ("GEN", "w", None),
+        ("GEN", "", ""),
+        # date parts
+        ("DOBY", "1984", "1984"),
+        ("DOBY", " 1900 ", "1900"),
+        ("DOBY", str(THIS_YEAR), str(THIS_YEAR)),
+        ("DOBY", str(THIS_YEAR + 1), None),
+        ("DOBY", "1899", None),
+        ("DOBY", "84", None),
+        ("DOBY", "19a4", None),
+        ("DOBM", "7", "07"),
+        ("DOBM", "07", "07"),
+        ("DOBM", "12", "12"),
+        ("DOBM", "13", None),
+        ("DOBM", "0", None),
+        ("DOBM", "007", None),
+        ("DOBM", "July", None),
+        ("DOBD", "1", "01"),
+        ("DOBD", "31", "31"),
+        ("DOBD", "32", None),
+        ("DOBD", "00", None),
+        ("DOBD", "", ""),
+        # names: lowercase, punctuation/digits/spaces removed, any script kept
+        ("FN", "John", "john"),
+        ("FN", "  Mary-Jane ", "maryjane"),
+        ("LN", "O'Brien", "obrien"),
+        ("LN", "Smith Jr. 3rd", "smithjrrd"),
+        ("FN", "Zoë", "zoë"),
+        ("FN", "JOSÉ", "josé"),
+        ("LN", "山田", "山田"),
+        ("FN", "Straße", "straße"),
+        ("FN", "123", None),
+        ("FN", "---", None),
+        ("FN", "\t", ""),
+        # FI
+        ("FI", "John", "j"),
+        ("FI", "  émile", "é"),
+        ("FI", "J", "j"),
+        ("FI", "3", None),
+        # CT
+        ("CT", "New York", "newyork"),
+        ("CT", "Winston-Salem", "winstonsalem"),
+        ("CT", "São Paulo", "sãopaulo"),
+        ("CT", "", ""),
+        # ST
+        ("ST", "California", "ca"),
+        ("ST", "new york", "ny"),
+        ("ST", "CA", "ca"),
+        ("ST", " District of Columbia ", "dc"),
+        ("ST", "Puerto Rico", "pr"),
+        ("ST", "Ontario", "ontario"),
+        ("ST", "Île-de-France", "îledefrance"),
+        ("ST", "!!", None),
+        # ZIP
+        ("ZIP", "94107", "94107"),
+        ("ZIP", "12345-6789", "12345"),
+        ("ZIP", "123456789", "12345"),
+        ("ZIP", " 02134 ", "02134"),
+        ("ZIP", "NR9 5AL", "nr95al"),
+        ("ZIP", "K1A 0B1", "k1a0b1"),
+        ("ZIP", "1010", "1010"),
+        ("ZIP", "--", None),
+        # COUNTRY
+        ("COUNTRY", "US", "us"),
+        ("COUNTRY", "United States", "us"),
+        ("COUNTRY", "U.S.A.", "us"),
+        ("COUNTRY", "usa", "us"),
+        ("COUNTRY", "UK", "gb"),
+        ("COUNTRY", "Great Britain", "gb"),
+        ("COUNTRY", "GBR", "gb"),
+        ("COUNTRY", "DEU", "de"),
+        ("COUNTRY", "germany", "de"),
+        ("COUNTRY", "fr", "fr"),
+        ("COUNTRY", "zz", None),
+        ("COUNTRY", "Atlantis", None),
+        ("COUNTRY", "", ""),
+        # MADID: lowercase, hyphens kept
+        (
+            "MADID",
+            "6D92078A-8246-4BA4-AE5B-76104861E7DC",
+            "6d92078a-8246-4ba4-ae5b-76104861e7dc",
+        ),
+        ("MADID", "38400000-8cf0-11bd-b23e-10b96e40000d", "38400000-8cf0-11bd-b23e-10b96e40000d"),
+        ("MADID", "0123456789ABCDEF", "0123456789abcdef"),
+        ("MADID", "not-a-device-id", None),
+        ("MADID", "1234", None),
+        ("MADID", "----------------", None),
+        # EXTERN_ID: trimmed only
+        ("EXTERN_ID", "  CRM-00042 ", "CRM-00042"),
+        ("EXTERN_ID", "", ""),
+        # LOOKALIKE_VALUE
+        ("LOOKALIKE_VALUE", "44.5", "44.5"),
+        ("LOOKALIKE_VALUE", " 140 ", "140"),
+        ("LOOKALIKE_VALUE", "0", "0"),
+        ("LOOKALIKE_VALUE", "-1", None),
+        ("LOOKALIKE_VALUE", "nan", None),
+        ("LOOKALIKE_VALUE", "inf", None),
+        ("LOOKALIKE_VALUE", "1_000", None),
+        ("LOOKALIKE_VALUE", "lots", None),
+    ],
+)
+def test_normalize_value(key: str, raw: str, expected: str | None) -> None:
+    assert normalize_value(key, raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "cc", "expected"),
+    [
+        ("5550109999", "1", "15550109999"),
+        ("(555) 010-9999", "1", "15550109999"),
+        ("15550109999", "1", "15550109999"),
+        ("+44 7700 900123", "1", "447700900123"),
+        ("0044 7700 900123", "1", "447700900123"),
+        ("07700 900123", "44", "447700900123"),
+        ("447700900123", "44", "447700900123"),
+        ("5550109999", "+1", "15550109999"),
+        ("5550109999", None, "5550109999"),
+        ("123 4567", "1", "11234567"),  # starts with the code but too short to carry it
+        ("0441 234 5678", "44", "444412345678"),
+    ],
+)
+def test_phone_default_country_code(raw: str, cc: str | None, expected: str) -> None:
+    assert normalize_value("PHONE", raw, default_country_code=cc) == expected
+    chunk = normalize_chunk(
+        RawChunk([1], [(raw,)]), Schema.parse("PHONE"), NormalizeOptions(default_country_code=cc)
+    )
+    assert chunk.data == [[sha(expected)]]
+
+
+@pytest.mark.parametrize("cc", ["", "abc", "12345", "1-2"])
+def test_bad_default_country_code(cc: str) -> None:
+    with pytest.raises(ConfigError):
+        NormalizeOptions(default_country_code=cc)
+
+
+def test_decomposed_and_composed_names_hash_the_same() -> None:
+    composed = unicodedata.normalize("NFC", "José")
+    decomposed = unicodedata.normalize("NFD", "José")
+    assert composed != decomposed
+    assert normalize_value("FN", decomposed) == normalize_value("FN", composed) == "josé"
+    out = normalize_chunk(
+        RawChunk([1, 2], [(composed,), (decomposed,)]), Schema.parse("FN"), NormalizeOptions()
+    )
+    assert out.data[0] == out.data[1] == [sha("josé")]
+
+
+def test_combining_vowel_signs_are_kept() -> None:
+    # Devanagari vowel signs are marks, not letters; dropping them would change the name.
+    assert normalize_value("FN", "प्रिया") == "प्रिया"
+
+
+@pytest.mark.parametrize("key", sorted(set(KEYS) - PLAIN_KEYS))
+def test_already_hashed_value_passes_through_lowercased(key: str) -> None:
+    assert normalize_value(key, " " + DIGEST.upper() + " ") == DIGEST
+    out = normalize_chunk(RawChunk([1], [(DIGEST.upper(),)]), Schema((key,)), NormalizeOptions())
+    assert out.data == [[DIGEST]]
+
+
+def test_sixty_four_hex_madid_is_not_treated_as_hash() -> None:
+    # MADID is plain: a hex id of that length is still an id, only lowercased.
+    assert normalize_value("MADID", DIGEST.upper()) == DIGEST
+
+
+# --- normalize_chunk --------------------------------------------------------------------------
+
+
+def test_chunk_payload_per_key_kind() -> None:
+    schema = Schema.parse("EXTERN_ID,EMAIL,MADID,GEN,DOBM,LOOKALIKE_VALUE")
+    chunk = RawChunk(
+        [7],
+        [
+            (
+                " X-1 ",
+                "Mary@Example.com",
+                "6D92078A-8246-4BA4-AE5B-76104861E7DC",
+                "Female",
+                "3",
+                "44.5",
+            )
+        ],
+    )
+    out = normalize_chunk(chunk, schema, NormalizeOptions())
+    assert out.row_numbers == [7]
+    assert out.data == [
+        ["X-1", DIGEST, "6d92078a-8246-4ba4-ae5b-76104861e7dc", sha("f"), sha("03"), 44.5]
+    ]
+    assert out.rejects == []
+
+
+@pytest.mark.parametrize(("raw", "value"), [("140", 140), ("0", 0), ("0.9", 0.9), ("1e3", 1000.0)])
+def test_lookalike_value_is_a_number(raw: str, value: float) -> None:
+    out = normalize_chunk(
+        RawChunk([1], [("a@b.com", raw)]), Schema.parse("EMAIL,LOOKALIKE_VALUE"), NormalizeOptions()
+    )
+    assert out.data == [[sha("a@b.com"), value]]
+    assert type(out.data[0][1]) is type(value)
+
+
+def test_invalid_and_empty_cells_are_sent_as_empty_string_not_hash_of_empty() -> None:
+    schema = Schema.parse("EMAIL,PHONE,FN,ZIP")
+    out = normalize_chunk(
+        RawChunk([1, 2], [("a@b.com", "12", "", "  "), ("", "+1 555 010 9999", "Zoë", "x")]),
+        schema,
+        NormalizeOptions(),
+    )
+    assert out.data == [
+        [sha("a@b.com"), "", "", ""],
+        ["", sha("15550109999"), sha("zoë"), sha("x")],
+    ]
+    assert all(EMPTY_SHA not in row for row in out.data)
+    assert out.rejects == []
+
+
+@pytest.mark.parametrize(
+    ("schema", "row", "reject"),
+    [
+        ("EMAIL,PHONE", ("", "  "), Reject(5, "", "empty_row")),
+        ("EMAIL,PHONE", ("garbage", "12"), Reject(5, "EMAIL", "invalid_email")),
+        ("EMAIL,PHONE", ("", "12"), Reject(5, "PHONE", "invalid_phone")),
+        ("FN,LN,COUNTRY", ("123", "", "Atlantis"), Reject(5, "FN", "invalid_fn")),
+        ("GEN,DOBY", ("robot", "1850"), Reject(5, "GEN", "invalid_gen")),
+        ("EMAIL", ("nope",), Reject(5, "EMAIL", "invalid_email")),
+        ("EMAIL", ("",), Reject(5, "", "empty_row")),
+        (
+            "EMAIL,LOOKALIKE_VALUE",
+            ("a@b.com", ""),
+            Reject(5, "LOOKALIKE_VALUE", "invalid_lookalike_value"),
+        ),
+        (
+            "EMAIL,LOOKALIKE_VALUE",
+            ("a@b.com", "-3"),
+            Reject(5, "LOOKALIKE_VALUE", "invalid_lookalike_value"),
+        ),
+        ("EMAIL,LOOKALIKE_VALUE", ("", "10"), Reject(5, "", "empty_row")),
+        ("EMAIL,LOOKALIKE_VALUE", ("bad", "10"), Reject(5, "EMAIL", "invalid_email")),
+    ],
+)
+def test_row_rejects(schema: str, row: tuple[str, ...], reject: Reject) -> None:
+    out = normalize_chunk(RawChunk([5], [row]), Schema.parse(schema), NormalizeOptions())
+    assert out.data == []
+    assert out.row_numbers == []
+    assert out.rejects == [reject]
+    assert out.rows_read == 1
+
+
+def test_reader_rejects_are_carried_and_counted() -> None:
+    reader_reject = Reject(2, "", "ragged_row")
+    chunk = RawChunk([1, 3, 4], [("a@b.com",), ("bad",), ("c@d.org",)], [reader_reject])
+    out = normalize_chunk(chunk, Schema.parse("EMAIL"), NormalizeOptions())
+    assert out.row_numbers == [1, 4]
+    assert out.data == [[sha("a@b.com")], [sha("c@d.org")]]
+    assert out.rejects == [reader_reject, Reject(3, "EMAIL", "invalid_email")]
+    assert out.rows_read == 4
+
+
+def test_single_key_rows_are_one_element_lists() -> None:
+    schema = Schema.parse("PHONE_SHA256")
+    out = normalize_chunk(RawChunk([1], [("+1 (555) 987-6543",)]), schema, NormalizeOptions())
+    assert out.data == [["1ef970831d7963307784fa8688e8fce101a15685d62aa765fed23f3a2c576a4e"]]
+
+
+def test_prehashed_validates_instead_of_hashing() -> None:
+    schema = Schema.parse("EMAIL,PHONE,EXTERN_ID,MADID")
+    madid = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
+    chunk = RawChunk(
+        [1, 2, 3],
+        [
+            (DIGEST.upper(), "", " id-1 ", madid),
+            ("mary@example.com", DIGEST, "", ""),
+            ("mary@example.com", "15559876543", "", ""),
+        ],
+    )
+    out = normalize_chunk(chunk, schema, NormalizeOptions(prehashed=True))
+    assert out.row_numbers == [1, 2]
+    assert out.data == [[DIGEST, "", "id-1", madid.lower()], ["", DIGEST, "", ""]]
+    assert out.rejects == [Reject(3, "EMAIL", "invalid_hash")]
+
+
+def test_ragged_value_tuple_is_rejected_not_misaligned() -> None:
+    chunk = RawChunk([1, 2], [("a@b.com", "x"), ("a@b.com",)])
+    out = normalize_chunk(chunk, Schema.parse("EMAIL,FN"), NormalizeOptions())
+    assert out.row_numbers == [1]
+    assert out.rejects == [Reject(2, "", "ragged_row")]
+
+
+def test_unencodable_text_is_invalid_not_a_crash() -> None:
+    bad = "id-\udcff"  # a lone surrogate, as surrogateescape decoding leaves it
+    out = normalize_chunk(
+        RawChunk([1, 2], [(bad, "a@b.com"), (bad, "")]),
+        Schema.parse("EXTERN_ID,EMAIL"),
+        NormalizeOptions(),
+    )
+    assert out.data == [["", sha("a@b.com")]]
+    assert out.rejects == [Reject(2, "EXTERN_ID", "invalid_extern_id")]
+    single = normalize_chunk(RawChunk([1], [(bad,)]), Schema.parse("EXTERN_ID"), NormalizeOptions())
+    assert single.rejects == [Reject(1, "EXTERN_ID", "invalid_extern_id")]
+    assert normalize_value("EMAIL", "a\udcff@b.com") is None
+
+
+def test_arguments_pickle_for_process_pool() -> None:
+    schema = Schema.parse("EMAIL,PHONE")
+    options = NormalizeOptions(default_country_code="1")
+    assert pickle.loads(pickle.dumps(schema)) == schema
+    assert pickle.loads(pickle.dumps(options)) == options
+    assert pickle.loads(pickle.dumps(normalize_chunk)) is normalize_chunk
+
+
+# --- Schema -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "keys"),
+    [
+        ("EMAIL,PHONE,FN", ("EMAIL", "PHONE", "FN")),
+        (" email , phone,fn ", ("EMAIL", "PHONE", "FN")),
+        (["ln", "FN", "ZIP"], ("LN", "FN", "ZIP")),
+        (("EMAIL", "LOOKALIKE_VALUE"), ("EMAIL", "LOOKALIKE_VALUE")),
+    ],
+)
+def test_schema_parse_multi_key(spec: str | list[str], keys: tuple[str, ...]) -> None:
+    schema = Schema.parse(spec)
+    assert schema.keys == keys
+    assert schema.single_key is None
+    assert schema.is_raw is True
+    assert schema.payload_schema() == list(keys)
+    assert schema.is_value_based is ("LOOKALIKE_VALUE" in keys)
+
+
+@pytest.mark.parametrize(
+    ("spec", "key"),
+    [("EMAIL_SHA256", "EMAIL"), ("phone_sha256", "PHONE"), (["MOBILE_ADVERTISER_ID"], "MADID")],
+)
+def test_schema_parse_single_key(spec: str | list[str], key: str) -> None:
+    schema = Schema.parse(spec)
+    assert schema.keys == (key,)
+    assert schema.single_key == (spec if isinstance(spec, str) else spec[0]).upper()
+    assert schema.is_raw is False
+    assert schema.payload_schema() == schema.single_key
+    assert schema.is_value_based is False
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "  ",
+        [],
+        "EMAIL,NAME",
+        "EMAIL,email",
+        "EMAIL_SHA256,PHONE",
+        "EMAIL,,PHONE",
+        "LOOKALIKE_VALUE",
+    ],
+)
+def test_schema_parse_errors(spec: str | list[str]) -> None:
+    with pytest.raises(ConfigError):
+        Schema.parse(spec)
+
+
+def test_schema_constructor_validates_too() -> None:
+    assert Schema(("EMAIL",)).payload_schema() == ["EMAIL"]
+    with pytest.raises(ConfigError):
+        Schema(("EMAIL", "BOGUS"))
+
+
+# --- property ---------------------------------------------------------------------------------
+
+cell_text = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["", " ", "a@b.com", "+1 555 010 9999", "Zoë", "CA", "12345-6789", DIGEST]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=6, unique=True).filter(
+        lambda ks: ks != ["LOOKALIKE_VALUE"]
+    ),
+    data=st.data(),
+    prehashed=st.booleans(),
+)
+def test_every_row_ends_up_exactly_once(
+    keys: list[str], data: st.DataObject, prehashed: bool
+) -> None:
+    n = data.draw(st.integers(0, 8))
+    rows = [tuple(data.draw(cell_text) for _ in keys) for _ in range(n)]
+    reader_rejects = [Reject(100 + i, "", "bad_bytes") for i in range(data.draw(st.integers(0, 2)))]
+    chunk = RawChunk(list(range(1, n + 1)), rows, reader_rejects)
+    out = normalize_chunk(chunk, Schema(tuple(keys)), NormalizeOptions(prehashed=prehashed))
+
+    seen = out.row_numbers + [r.row for r in out.rejects]
+    assert sorted(seen) == sorted(chunk.row_numbers + [r.row for r in reader_rejects])
+    assert out.rows_read == n + len(reader_rejects)
+    for row in out.data:
+        assert len(row) == len(keys)
+        assert EMPTY_SHA not in row
+        assert any(c != "" for k, c in zip(keys, row, strict=True) if k != "LOOKALIKE_VALUE")
