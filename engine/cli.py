@@ -134,10 +134,18 @@ def _limiters(options: dict[str, Any]) -> LimiterRegistry:
     config = LimiterConfig()
     changes: dict[str, Any] = {}
     if options.get("rate"):
-        changes["rate"] = options["rate"]
+        rate = float(options["rate"])
+        changes.update(
+            rate=rate,
+            burst=max(1, min(config.burst, int(rate))),
+            min_rate=min(config.min_rate, rate),
+        )
     if options.get("max_throttle_wait") is not None:
         changes["max_throttle_wait_s"] = options["max_throttle_wait"]
-    return LimiterRegistry(replace(config, **changes))
+    try:
+        return LimiterRegistry(replace(config, **changes))
+    except ValueError as exc:
+        raise InputError(f"rate limit options: {exc}") from None
 
 
 async def _upload(options: dict[str, Any]) -> int:
@@ -222,12 +230,14 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "fake-graph":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fake-graph"]:
+        # The fake has its own options; hand them over untouched.
         from .fakegraph import serve
 
-        serve(args.args)
+        serve(argv[1:])
         return EXIT_OK
+    args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .demo import demo
 

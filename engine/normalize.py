@@ -312,6 +312,10 @@ def _madid(raw: str) -> str | None:
     s = raw.strip().lower()
     if not s:
         return ""
+    # 64 hex digits with no hyphen is a SHA-256 digest: MADID must go unhashed, and Meta
+    # would never match a hashed one, so it is a reject rather than a silent miss.
+    if len(s) == 64 and "-" not in s:
+        return None
     if _HEX_HYPHEN.issuperset(s) and 16 <= len(s) - s.count("-") <= 64:
         return s
     return None

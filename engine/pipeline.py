@@ -77,6 +77,7 @@ async def run_job(
                     retry,
                     pool,
                     write_rejects,
+                    stop,
                 )
             except (ApiError, RetriesExhausted) as exc:
                 return tally.report("failed", error=exc.info, message=str(exc))
@@ -194,9 +195,9 @@ async def _batch(
         tally.chunk(chunk.rows_read, chunk.rejects, len(full))
         for batch in full:
             await out.put(batch)
-    if (batch := batcher.flush()) is not None:
+    if (rest := batcher.flush()) is not None:
         tally.chunk(0, [], 1)
-        await out.put(batch)
+        await out.put(rest)
     await out.put(None)
 
 

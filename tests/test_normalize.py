@@ -257,9 +257,9 @@ def test_already_hashed_value_passes_through_lowercased(key: str) -> None:
     assert out.data == [[DIGEST]]
 
 
-def test_sixty_four_hex_madid_is_not_treated_as_hash() -> None:
-    # MADID is plain: a hex id of that length is still an id, only lowercased.
-    assert normalize_value("MADID", DIGEST.upper()) == DIGEST
+def test_hashed_madid_is_rejected() -> None:
+    # The official SDKs hash MADID; Meta wants it plain and could never match a digest.
+    assert normalize_value("MADID", DIGEST.upper()) is None
 
 
 # --- normalize_chunk --------------------------------------------------------------------------

@@ -361,18 +361,9 @@ def test_open_errors(
         open_input(path, fmt)
 
 
-def test_directory_and_unreadable_file(tmp_path: Path) -> None:
+def test_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read input"):
         open_input(str(tmp_path), "csv")
-    path = write(tmp_path, "secret.csv", b"email\n")
-    os.chmod(path, 0)
-    try:
-        if os.access(path, os.R_OK):
-            pytest.skip("running as root: permissions are not enforced")
-        with pytest.raises(InputError, match="cannot read input"):
-            open_input(path)
-    finally:
-        os.chmod(path, 0o600)
 
 
 @pytest.mark.parametrize("name", ["in.csv", "in.jsonl"])
