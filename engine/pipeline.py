@@ -110,7 +110,7 @@ async def _run_stages(
     batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
     options = NormalizeOptions(job.prehashed, job.default_country_code)
     stages = [
-        _read(source.chunks(CHUNK_ROWS), raw),
+        _read(source, raw),
         _normalize(raw, hashed, schema, options, pool),
         _batch(hashed, batches, Batcher(job.batch_size), tally, write_rejects),
     ]
@@ -154,9 +154,8 @@ async def _gather_or_cancel(coros: list[Coroutine[Any, Any, None]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _read(chunks: Iterator[RawChunk], out: asyncio.Queue[RawChunk | None]) -> None:
-    # Parsing is blocking work: a thread keeps the event loop free for the senders.
-    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+async def _read(source: InputFile, out: asyncio.Queue[RawChunk | None]) -> None:
+    async for chunk in source.achunks(CHUNK_ROWS):
         await out.put(chunk)
     await out.put(None)
 

@@ -7,6 +7,7 @@ codes and messages name rows and columns, never raw values (SPEC section 5).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import hashlib
@@ -17,7 +18,7 @@ import os
 import stat
 import sys
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, BinaryIO, cast
 
@@ -210,6 +211,15 @@ class InputFile:
     def chunks(self, chunk_rows: int = 5000) -> Iterator[RawChunk]:
         """Rows in chunks of at most `chunk_rows` (accepted plus rejected)."""
         raise NotImplementedError
+
+    async def achunks(self, chunk_rows: int = 5000) -> AsyncIterator[RawChunk]:
+        """`chunks()` for the event loop: parsing is blocking work, so it runs in a thread.
+
+        Sources fed by an async iterable override this and leave `chunks()` unused.
+        """
+        chunks = self.chunks(chunk_rows)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield chunk
 
     def fingerprint(self) -> str:
         """Cheap identity of the input, to tell on resume whether it is the same file."""
