@@ -9,22 +9,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import logging
-import os
 import signal
 import sys
 import tomllib
 from collections.abc import Coroutine, Iterator, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
+from .api import Uploader
 from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION
-from .config import MODES, Credentials, UploadJob
+from .config import MODES
 from .errors import InputError
-from .limiter import LimiterConfig, LimiterRegistry
-from .pipeline import run_job
+from .limiter import LimiterConfig
 from .report import Progress, ProgressFn, Report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
@@ -119,18 +119,17 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return merged
 
 
-def _job(options: dict[str, Any]) -> UploadJob:
+_UPLOAD_OPTIONS = frozenset(inspect.signature(Uploader.upload).parameters) - {"self", "source"}
+
+
+def _upload_options(options: dict[str, Any]) -> dict[str, Any]:
     for required in ("audience", "ad_account"):
         if not options.get(required):
             raise InputError(f"--{required.replace('_', '-')} is required")
-    names = {f.name for f in fields(UploadJob)}
-    given = {k: v for k, v in options.items() if k in names}
-    given["audience_id"] = str(options["audience"])
-    given["source"] = options["input"]
-    return UploadJob(**given)
+    return {k: v for k, v in options.items() if k in _UPLOAD_OPTIONS}
 
 
-def _limiters(options: dict[str, Any]) -> LimiterRegistry:
+def _limits(options: dict[str, Any]) -> LimiterConfig:
     config = LimiterConfig()
     changes: dict[str, Any] = {}
     if options.get("rate"):
@@ -143,15 +142,18 @@ def _limiters(options: dict[str, Any]) -> LimiterRegistry:
     if options.get("max_throttle_wait") is not None:
         changes["max_throttle_wait_s"] = options["max_throttle_wait"]
     try:
-        return LimiterRegistry(replace(config, **changes))
+        return replace(config, **changes)
     except ValueError as exc:
         raise InputError(f"rate limit options: {exc}") from None
 
 
 async def _upload(options: dict[str, Any]) -> int:
-    job = _job(options)
-    env = os.environ
-    credentials = Credentials(env.get("META_ACCESS_TOKEN"), env.get("META_APP_SECRET"))
+    kwargs = _upload_options(options)
+    uploader = Uploader(
+        api_base=options.get("api_base") or DEFAULT_API_BASE,
+        api_version=options.get("api_version") or DEFAULT_API_VERSION,
+        limits=_limits(options),
+    )
     stop = asyncio.Event()
     task = asyncio.current_task()
     assert task is not None
@@ -168,10 +170,12 @@ async def _upload(options: dict[str, Any]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        with _progress_bar(not options.get("quiet") and sys.stderr.isatty()) as progress:
-            report = await run_job(
-                job, credentials, limiters=_limiters(options), progress=progress, stop=stop
-            )
+        show = not options.get("quiet") and sys.stderr.isatty()
+        async with uploader:
+            with _progress_bar(show) as progress:
+                report = await uploader.upload(
+                    options["input"], progress=progress, stop=stop, **kwargs
+                )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

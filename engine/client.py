@@ -70,8 +70,10 @@ class GraphClient:
         app_secret: str | None = None,
         api_base: str = DEFAULT_API_BASE,
         api_version: str = DEFAULT_API_VERSION,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> None:
         self._http = session
+        self._timeout = timeout
         self._base = f"{api_base.rstrip('/')}/{api_version}"
         self._auth = {"access_token": access_token.encode()}
         if app_secret:
@@ -109,6 +111,8 @@ class GraphClient:
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> Reply:
         try:
+            if self._timeout is not None:
+                kwargs["timeout"] = self._timeout
             async with self._http.request(method, url, **kwargs) as resp:
                 raw = await resp.read()
                 status, headers = resp.status, resp.headers

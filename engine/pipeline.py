@@ -12,20 +12,18 @@ import logging
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from typing import Any
-
-import aiohttp
 
 from .batcher import Batch, Batcher
 from .client import GraphClient
-from .config import Credentials, UploadJob, new_session_id
-from .errors import ApiError, InputError, RetriesExhausted
-from .limiter import LimiterRegistry
+from .config import UploadJob, new_session_id
+from .errors import ApiError, InputError, Interrupted, RetriesExhausted
+from .limiter import AccountLimiter
 from .normalize import NormalizeOptions, Schema, normalize_chunk
-from .readers import InputFile, open_input
+from .readers import InputFile
 from .report import ProgressFn, Report, Tally
 from .rows import HashedChunk, RawChunk, Reject
 from .sender import RetryPolicy, Sender
@@ -39,49 +37,64 @@ QUEUE_CHUNKS = 4
 POOL_MIN_BYTES = 8 << 20
 
 
+RequestHook = Callable[[str, float], None]
+"""Called after each API request with its outcome and duration in seconds (for metrics)."""
+
+
 async def run_job(
     job: UploadJob,
-    credentials: Credentials,
+    source: InputFile,
+    client: GraphClient | None,
+    limiter: AccountLimiter,
     *,
-    limiters: LimiterRegistry,
-    http: aiohttp.ClientSession | None = None,
-    retry: RetryPolicy | None = None,
+    retry: RetryPolicy,
     progress: ProgressFn | None = None,
     stop: asyncio.Event | None = None,
+    on_request: RequestHook | None = None,
 ) -> Report:
-    """Run one upload to the end and report it.
+    """Run one upload to the end and report it (`client` is None for a dry run).
 
     Raises InputError (bad usage or input, nothing sent). API refusals and exhausted
     retries come back as a report with status "failed" and the API's error. Setting
     `stop` ends the job early: sends in flight finish, the session is left open, and
     the report says "interrupted". `progress` receives the running counts.
     """
-    if not job.dry_run and not credentials.access_token:
-        raise InputError("META_ACCESS_TOKEN is not set (required unless --dry-run)")
-    with open_input(job.source, job.format) as source:
-        schema = _bind_schema(job, source)
-        session_id = job.session_id or new_session_id()
-        tally = Tally(job.mode, job.audience_id, job.ad_account, session_id, listener=progress)
-        stop = stop or asyncio.Event()
-        retry = retry or RetryPolicy(max_retries=job.max_retries)
-        with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
-            try:
-                await _run_stages(
-                    job,
-                    credentials,
-                    source,
-                    schema,
-                    tally,
-                    limiters,
-                    http,
-                    retry,
-                    pool,
-                    write_rejects,
-                    stop,
-                )
-            except (ApiError, RetriesExhausted) as exc:
-                return tally.report("failed", error=exc.info, message=str(exc))
-    return tally.report("dry_run" if job.dry_run else "completed")
+    schema = _bind_schema(job, source)
+    session_id = job.session_id or new_session_id()
+    tally = Tally(job.mode, job.audience_id, job.ad_account, session_id, listener=progress)
+    stop = stop or asyncio.Event()
+    raw: asyncio.Queue[RawChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
+    hashed: asyncio.Queue[HashedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
+    batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
+    options = NormalizeOptions(job.prehashed, job.default_country_code)
+    with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
+        stages = [
+            _read(source, raw),
+            _normalize(raw, hashed, schema, options, pool),
+            _batch(hashed, batches, Batcher(job.batch_size), tally, write_rejects),
+        ]
+        if client is None:
+            stages.append(_drain(batches))
+        else:
+            sender = Sender(
+                client,
+                limiter,
+                tally,
+                audience_id=job.audience_id,
+                mode=job.mode,
+                schema=schema,
+                session_id=session_id,
+                retry=retry,
+                on_request=on_request,
+            )
+            stages.append(_send(job, sender, batches, stop))
+        try:
+            await _gather_or_cancel(stages)
+        except (ApiError, RetriesExhausted) as exc:
+            return tally.report("failed", error=exc.info, message=str(exc))
+        except Interrupted as exc:
+            return tally.report("interrupted", message=str(exc))
+    return tally.report("dry_run" if client is None else "completed")
 
 
 def _bind_schema(job: UploadJob, source: InputFile) -> Schema:
@@ -90,54 +103,6 @@ def _bind_schema(job: UploadJob, source: InputFile) -> Schema:
     schema = Schema.parse(job.schema)
     source.bind(schema.keys, job.column_map)
     return schema
-
-
-async def _run_stages(
-    job: UploadJob,
-    credentials: Credentials,
-    source: InputFile,
-    schema: Schema,
-    tally: Tally,
-    limiters: LimiterRegistry,
-    http: aiohttp.ClientSession | None,
-    retry: RetryPolicy,
-    pool: Executor | None,
-    write_rejects: Callable[[list[Reject]], None],
-    stop: asyncio.Event,
-) -> None:
-    raw: asyncio.Queue[RawChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
-    hashed: asyncio.Queue[HashedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
-    batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
-    options = NormalizeOptions(job.prehashed, job.default_country_code)
-    stages = [
-        _read(source, raw),
-        _normalize(raw, hashed, schema, options, pool),
-        _batch(hashed, batches, Batcher(job.batch_size), tally, write_rejects),
-    ]
-    if job.dry_run:
-        stages.append(_drain(batches))
-        await _gather_or_cancel(stages)
-        return
-    async with _http_session(job, http) as session:
-        client = GraphClient(
-            session,
-            access_token=credentials.access_token or "",
-            app_secret=credentials.app_secret,
-            api_base=job.api_base,
-            api_version=job.api_version,
-        )
-        sender = Sender(
-            client,
-            limiters.get(job.ad_account),
-            tally,
-            audience_id=job.audience_id,
-            mode=job.mode,
-            schema=schema,
-            session_id=tally.session_id,
-            retry=retry,
-        )
-        stages.append(_send(job, sender, batches, stop))
-        await _gather_or_cancel(stages)
 
 
 async def _gather_or_cancel(coros: list[Coroutine[Any, Any, None]]) -> None:
@@ -218,22 +183,6 @@ async def _send(
                 "pass --allow-empty-replace to do that on purpose"
             )
         await sender(Batch(1, [], 0, 0), True)
-
-
-@asynccontextmanager
-async def _http_session(
-    job: UploadJob, given: aiohttp.ClientSession | None
-) -> AsyncIterator[aiohttp.ClientSession]:
-    """The caller's ClientSession, or one of our own, closed on exit."""
-    if given is not None:
-        yield given
-        return
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=job.connect_timeout_s, sock_read=job.read_timeout_s
-    )
-    connector = aiohttp.TCPConnector(limit=job.concurrency + 2)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        yield session
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,7 @@ class Sender:
         retry: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        on_request: Callable[[str, float], None] | None = None,
     ) -> None:
         self._client = client
         self._limiter = limiter
@@ -69,6 +71,7 @@ class Sender:
         self._retry = retry
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._on_request = on_request
 
     async def __call__(self, batch: Batch, last: bool) -> None:
         payload = encode_payload(self._schema, batch.rows)
@@ -80,9 +83,11 @@ class Sender:
         failures = throttles = 0
         while True:
             await self._limiter.acquire()
+            started = time.monotonic()
             try:
                 reply = await self._client.upload(self._audience, self._mode, payload, session)
             except ApiError as exc:
+                self._observe(_outcome(exc), started)
                 if exc.is_throttle:
                     throttles += 1
                     self._tally.throttled += 1
@@ -96,6 +101,7 @@ class Sender:
                 failures = await self._backoff(exc, batch, failures)
                 continue
             except TransportError as exc:
+                self._observe("transport", started)
                 if exc.maybe_applied and self._mode == "replace" and batch.seq == 1:
                     body = await self._replace_started()
                     if body is not None:
@@ -103,9 +109,14 @@ class Sender:
                         return
                 failures = await self._backoff(exc, batch, failures)
                 continue
+            self._observe("ok", started)
             self._limiter.on_success(parse_usage(reply.headers))
             self._acknowledged(batch, reply.body)
             return
+
+    def _observe(self, outcome: str, started: float) -> None:
+        if self._on_request is not None:
+            self._on_request(outcome, time.monotonic() - started)
 
     def _acknowledged(self, batch: Batch, body: dict[str, Any]) -> None:
         self._tally.acknowledged(len(batch.rows), body)
@@ -137,3 +148,9 @@ class Sender:
                 received = 0
             return {"num_received": received}
         return None
+
+
+def _outcome(exc: ApiError) -> str:
+    if exc.is_throttle:
+        return "throttled"
+    return "transient" if exc.is_transient else "permanent"

@@ -1,0 +1,214 @@
+"""The library API: `upload()`, `upload_sync()` and `Uploader`, which the CLI and worker use too.
+
+The library never exits the process, installs signal handlers or configures logging:
+those belong to the programs that embed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient, Mode
+from .config import UploadJob
+from .errors import InputError
+from .limiter import LimiterConfig, LimiterRegistry
+from .pipeline import RequestHook, run_job
+from .report import ProgressFn, Report
+from .sender import RetryPolicy
+from .sources import Source, open_source
+
+__all__ = ["Uploader", "upload", "upload_sync"]
+
+
+class Uploader:
+    """Runs uploads over one HTTP connection pool, sharing one rate limiter per ad account.
+
+    Use it as an async context manager and call `upload()` as often as needed, one job after
+    another or many at once: jobs of the same ad account draw from the same budget, as Meta
+    counts calls per ad account. `access_token` and `app_secret` default to the
+    `META_ACCESS_TOKEN` and `META_APP_SECRET` environment variables and can be overridden
+    per upload. `on_request` is called after every API request with its outcome
+    ("ok", "throttled", "transient", "permanent" or "transport") and duration in seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        access_token: str | None = None,
+        app_secret: str | None = None,
+        api_base: str = DEFAULT_API_BASE,
+        api_version: str = DEFAULT_API_VERSION,
+        limits: LimiterConfig | None = None,
+        limiters: LimiterRegistry | None = None,
+        max_connections: int = 64,
+        on_request: RequestHook | None = None,
+    ) -> None:
+        self._token = access_token or os.environ.get("META_ACCESS_TOKEN")
+        self._app_secret = app_secret or os.environ.get("META_APP_SECRET")
+        self._api_base = api_base
+        self._api_version = api_version
+        self._limiters = limiters or LimiterRegistry(limits or LimiterConfig())
+        self._max_connections = max_connections
+        self._on_request = on_request
+        self._http: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:  # the token stays out of reprs and tracebacks
+        return f"Uploader(api_base={self._api_base!r}, api_version={self._api_version!r})"
+
+    @property
+    def limiters(self) -> LimiterRegistry:
+        """The per-ad-account limiters this uploader's jobs share."""
+        return self._limiters
+
+    async def __aenter__(self) -> Uploader:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection pool. Uploads still running fail; start no more after this."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections)
+            # Timeouts are per request (per job); the pool itself never times out.
+            self._http = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+            )
+        return self._http
+
+    async def upload(
+        self,
+        source: Source,
+        *,
+        audience: str | int,
+        ad_account: str,
+        mode: Mode = "add",
+        schema: str | Sequence[str] | None = None,
+        column_map: Mapping[str, str] | None = None,
+        format: str | None = None,
+        prehashed: bool = False,
+        default_country_code: str | None = None,
+        batch_size: int = 10_000,
+        concurrency: int = 8,
+        workers: int | None = None,
+        session_id: int | None = None,
+        dry_run: bool = False,
+        allow_empty_replace: bool = False,
+        rejects_path: str | os.PathLike[str] | None = None,
+        max_retries: int = 8,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 120.0,
+        access_token: str | None = None,
+        app_secret: str | None = None,
+        progress: ProgressFn | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> Report:
+        """Upload one people list to one Custom Audience and return its report.
+
+        `source` is a path (CSV, JSON Lines or Parquet, optionally .gz; "-" for stdin), an
+        iterable or async iterable of dicts or tuples, a pandas or polars DataFrame, or a
+        pyarrow Table or RecordBatchReader. `schema` lists the keys in payload order
+        (default: inferred from column names); `column_map` maps keys to columns.
+
+        Raises InputError (or its subclass ConfigError) for bad usage or input, before
+        anything is sent. API refusals and exhausted retries come back as a report with
+        status "failed" and the API's error. Setting `stop` ends the job early: requests in
+        flight finish and the report says "interrupted". `progress` receives running counts.
+        """
+        token = access_token or self._token
+        if not dry_run and not token:
+            raise InputError("no access token: pass access_token or set META_ACCESS_TOKEN")
+        job = UploadJob(
+            source=_name(source),
+            audience_id=str(audience),
+            ad_account=ad_account,
+            mode=mode,
+            schema=schema if schema is None or isinstance(schema, str) else ",".join(schema),
+            column_map=dict(column_map or {}),
+            format=format,
+            prehashed=prehashed,
+            default_country_code=default_country_code,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            workers=workers,
+            api_base=self._api_base,
+            api_version=self._api_version,
+            session_id=session_id,
+            dry_run=dry_run,
+            allow_empty_replace=allow_empty_replace,
+            rejects_path=os.fspath(rejects_path) if rejects_path is not None else None,
+            max_retries=max_retries,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+        )
+        client = None
+        if not dry_run:
+            client = GraphClient(
+                self._session(),
+                access_token=token or "",
+                app_secret=app_secret or self._app_secret,
+                api_base=self._api_base,
+                api_version=self._api_version,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+                ),
+            )
+        with open_source(source, format) as opened:
+            return await run_job(
+                job,
+                opened,
+                client,
+                self._limiters.get(ad_account),
+                retry=RetryPolicy(max_retries=max_retries),
+                progress=progress,
+                stop=stop,
+                on_request=self._on_request,
+            )
+
+
+def _name(source: Source) -> str:
+    """The path, or the kind of object: for the pool's sizing and the checkpoint's key."""
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    return f"<{type(source).__name__}>"
+
+
+async def upload(source: Source, **options: Any) -> Report:
+    """Upload one people list with a one-off `Uploader`; see `Uploader.upload` for options.
+
+    Connection options of `Uploader` (`access_token`, `app_secret`, `api_base`,
+    `api_version`, `limits`) are accepted here too.
+    """
+    own = {k: options.pop(k) for k in ("api_base", "api_version", "limits") if k in options}
+    async with Uploader(**own) as uploader:
+        return await uploader.upload(source, **options)
+
+
+def upload_sync(source: Source, **options: Any) -> Report:
+    """Blocking `upload()` for plain scripts. Inside a running event loop, await `upload()`."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(
+            "upload_sync() cannot run inside a running event loop (a notebook or async "
+            "framework); use `await engine.upload(...)` there"
+        )
+    return asyncio.run(upload(source, **options))
