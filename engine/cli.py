@@ -241,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         serve(argv[1:])
         return EXIT_OK
+    if argv[:1] == ["worker"]:
+        from .worker import main as worker_main
+
+        return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .demo import demo

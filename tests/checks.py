@@ -1,0 +1,48 @@
+"""Assertions shared by the end-to-end tests: what the fake saw against SPEC section 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.fakegraph import FakeGraph
+from engine.normalize import NormalizeOptions, Schema, normalize_chunk
+from engine.readers import open_input
+
+
+def expected_rows(path: Path, schema: str | None = None) -> set[tuple[Any, ...]]:
+    """What the audience should hold: the engine's own normalization of the file."""
+    with open_input(str(path)) as source:
+        keys = source.bind(Schema.parse(schema).keys if schema else None, {})
+        parsed = Schema.parse(schema) if schema else Schema(keys)
+        rows: set[tuple[Any, ...]] = set()
+        for chunk in source.chunks(1000):
+            hashed = normalize_chunk(chunk, parsed, NormalizeOptions(default_country_code="1"))
+            rows.update(tuple(r) for r in hashed.data)
+    return rows
+
+
+def check_session(fake: FakeGraph, report: dict[str, Any], *, replace: bool = False) -> None:
+    """SPEC section 2, from what the fake saw."""
+    sid = report["session_id"]
+    entries = [e for e in fake.log if e.session_id == sid]
+    acked = [e for e in entries if e.outcome == "ok"]
+    seqs = sorted(e.batch_seq for e in acked)
+    n = report["batches_total"]
+    assert seqs == list(range(1, n + 1)), "each batch_seq acknowledged exactly once"
+    flagged = [e for e in entries if e.last_batch_flag]
+    assert {e.batch_seq for e in flagged} == {n}, "last flag on batch N alone"
+    assert all(e.acked_after == n - 1 for e in flagged), "last batch after all others acked"
+    assert sum(e.rows for e in acked) == report["rows_sent"] == report["rows_valid"]
+    if replace:
+        first = min(entries, key=lambda e: e.seq)
+        assert first.batch_seq == 1
+        assert all(e.acked_after >= 1 for e in entries if e.batch_seq != 1)
+    assert fake.violations == []
+
+
+def check_counts(report: dict[str, Any]) -> None:
+    assert report["rows_read"] == report["rows_valid"] + report["rows_rejected"]
+    assert sum(report["rejected_by_reason"].values()) == report["rows_rejected"]
+    assert report["rows_sent"] == report["rows_valid"]
+    assert report["batches_sent"] == report["batches_total"]
