@@ -114,6 +114,9 @@ class Uploader:
         max_retries: int = 8,
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 120.0,
+        checkpoint: str | os.PathLike[str] | None = None,
+        restart: bool = False,
+        session_window_s: float = 90 * 60,
         access_token: str | None = None,
         app_secret: str | None = None,
         progress: ProgressFn | None = None,
@@ -130,6 +133,12 @@ class Uploader:
         anything is sent. API refusals and exhausted retries come back as a report with
         status "failed" and the API's error. Setting `stop` ends the job early: requests in
         flight finish and the report says "interrupted". `progress` receives running counts.
+
+        With `checkpoint` (a SQLite file path), every acknowledged batch is recorded there,
+        and calling `upload` again with the same checkpoint and input resumes the job in the
+        same session, sending only what was not acknowledged. A checkpoint of a different
+        job or of changed input is refused unless `restart` is set. `session_window_s` is
+        Meta's 90-minute session window; change it only for a fake with a time scale.
         """
         token = access_token or self._token
         if not dry_run and not token:
@@ -156,6 +165,9 @@ class Uploader:
             max_retries=max_retries,
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,
+            checkpoint=os.fspath(checkpoint) if checkpoint is not None else None,
+            restart=restart,
+            session_window_s=session_window_s,
         )
         client = None
         if not dry_run:

@@ -9,12 +9,15 @@ from .rows import HashedChunk
 
 @dataclass(slots=True)
 class Batch:
-    """Up to `batch_size` payload rows; `seq` is its `batch_seq` in the session (1-based)."""
+    """Up to `batch_size` payload rows. `index` numbers the job's batches from 1 in input
+    order; `seq` is the batch's `batch_seq` in its session (the same unless the job needed
+    a second session, see journal)."""
 
     seq: int
     rows: list[list[str | float | int]]
-    first_row: int  # input row numbers it covers, for checkpoints and messages
+    first_row: int  # input row numbers it covers, for messages
     last_row: int
+    index: int = 0
 
 
 class Batcher:
@@ -43,4 +46,4 @@ class Batcher:
         self._seq += 1
         rows, self._rows = self._rows[:n], self._rows[n:]
         numbers, self._numbers = self._numbers[:n], self._numbers[n:]
-        return Batch(self._seq, rows, numbers[0], numbers[-1])
+        return Batch(self._seq, rows, numbers[0], numbers[-1], self._seq)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import signal
 import sys
 import tomllib
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from .api import Uploader
+from .checkpoint import Checkpoint, default_path
 from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION
 from .config import MODES
 from .errors import InputError
@@ -28,6 +30,7 @@ from .limiter import LimiterConfig
 from .report import Progress, ProgressFn, Report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
+DEFAULT_GRACE_S = 30.0
 log = logging.getLogger("engine")
 
 
@@ -89,6 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="let a replace with zero valid rows empty the audience",
     )
+    up.add_argument(
+        "--checkpoint", help="progress file; the same command resumes (default: per job)"
+    )
+    up.add_argument(
+        "--no-checkpoint", action="store_true", default=None, help="keep no progress file"
+    )
+    up.add_argument(
+        "--restart",
+        action="store_true",
+        default=None,
+        help="start over in a new session even if the checkpoint says the job is unfinished",
+    )
+    up.add_argument(
+        "--grace", type=float, help="seconds in-flight requests get after a signal (default 30)"
+    )
+    up.add_argument(
+        "--session-window",
+        dest="session_window_s",
+        type=float,
+        help="Meta's session window in seconds (default 5400; for fakes with a time scale)",
+    )
     up.add_argument("--max-retries", type=int, help="retries of a transient failure (default 8)")
     up.add_argument("--rate", type=float, help="requests/s per ad account at full speed")
     up.add_argument("--max-throttle-wait", type=float, help="longest pause on a throttle (s)")
@@ -97,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fake = sub.add_parser("fake-graph", help="run the built-in fake Graph API", add_help=False)
     fake.add_argument("args", nargs=argparse.REMAINDER)
+    status = sub.add_parser("status", help="show a job's progress from its checkpoint")
+    status.add_argument("--checkpoint", required=True, help="the job's progress file")
     demo = sub.add_parser("demo", help="upload a generated file to the built-in fake Graph API")
     demo.add_argument("--rows", type=int, default=50_000)
     return parser
@@ -126,7 +152,15 @@ def _upload_options(options: dict[str, Any]) -> dict[str, Any]:
     for required in ("audience", "ad_account"):
         if not options.get(required):
             raise InputError(f"--{required.replace('_', '-')} is required")
-    return {k: v for k, v in options.items() if k in _UPLOAD_OPTIONS}
+    kwargs = {k: v for k, v in options.items() if k in _UPLOAD_OPTIONS}
+    if options.get("no_checkpoint") or options.get("dry_run"):
+        kwargs.pop("checkpoint", None)
+    elif not options.get("checkpoint"):
+        source = options["input"]
+        where = source if source == "-" else os.path.abspath(source)
+        job = f"{where}|{options['audience']}|{options['ad_account']}|{options.get('mode', 'add')}"
+        kwargs["checkpoint"] = str(default_path(job))
+    return kwargs
 
 
 def _limits(options: dict[str, Any]) -> LimiterConfig:
@@ -158,13 +192,17 @@ async def _upload(options: dict[str, Any]) -> int:
     task = asyncio.current_task()
     assert task is not None
 
+    grace = float(options.get("grace") or DEFAULT_GRACE_S)
+
     def on_signal() -> None:
-        # First signal: stop gracefully (in-flight requests finish). Second: at once.
+        # First signal: stop gracefully (in-flight requests finish, within the grace
+        # period). Second: at once. Either way the checkpoint stays consistent.
         if stop.is_set():
             task.cancel()
         else:
             print("stopping: letting requests in flight finish (again to force)", file=sys.stderr)
             stop.set()
+            loop.call_later(grace, task.cancel)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -176,6 +214,13 @@ async def _upload(options: dict[str, Any]) -> int:
                 report = await uploader.upload(
                     options["input"], progress=progress, stop=stop, **kwargs
                 )
+    except asyncio.CancelledError:
+        where = kwargs.get("checkpoint")
+        saved = f"progress is saved in {where}; " if where else ""
+        print(
+            f"interrupted: stopped at once; {saved}run the same command to resume", file=sys.stderr
+        )
+        return EXIT_INTERRUPTED
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -183,6 +228,49 @@ async def _upload(options: dict[str, Any]) -> int:
     return {"completed": EXIT_OK, "dry_run": EXIT_OK, "failed": EXIT_FAILED}.get(
         report.status, EXIT_INTERRUPTED
     )
+
+
+def _status(path: str) -> int:
+    """Print what a checkpoint says about its job, without touching the API."""
+    if not os.path.exists(path):
+        print(f"error: no checkpoint at {path}", file=sys.stderr)
+        return EXIT_USAGE
+    checkpoint = Checkpoint(path)
+    try:
+        record = checkpoint.load()
+    finally:
+        checkpoint.close()
+    if record is None:
+        print(f"error: {path} holds no job", file=sys.stderr)
+        return EXIT_USAGE
+    received: dict[int, int] = {}
+    for b in record.batches.values():
+        received[b.session_id] = max(received.get(b.session_id, 0), b.num_received or 0)
+    status = {
+        "job": orjson.loads(record.identity),
+        "state": record.state,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "sessions": [
+            {
+                "session_id": s.session_id,
+                "mode": s.mode,
+                "started_at": s.started_at,
+                "closed": s.closed,
+                "batches_acknowledged": sum(
+                    1 for b in record.batches.values() if b.session_id == s.session_id
+                ),
+            }
+            for s in record.sessions
+        ],
+        "batches_sent": len(record.batches),
+        "rows_sent": sum(b.rows for b in record.batches.values()),
+        "num_received": sum(received.values()),
+        "retries": record.retries,
+        "throttled": record.throttled,
+    }
+    sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK
 
 
 def _emit(report: Report, path: str | None) -> None:
@@ -246,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return _status(args.checkpoint)
     if args.command == "demo":
         from .demo import demo
 

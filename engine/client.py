@@ -109,6 +109,15 @@ class GraphClient:
             return data[0]
         return None
 
+    async def operation_status(self, audience_id: str) -> str:
+        """The audience's `operation_status` description, e.g. "Normal" or "replace_in_progress"."""
+        params = {"fields": "operation_status", **{k: v.decode() for k, v in self._auth.items()}}
+        reply = await self._request("GET", f"{self._base}/{audience_id}", params=params)
+        status = reply.body.get("operation_status")
+        if isinstance(status, dict):
+            return str(status.get("description", "unknown"))
+        return "unknown"
+
     async def _request(self, method: str, url: str, **kwargs: Any) -> Reply:
         try:
             if self._timeout is not None:

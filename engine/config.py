@@ -52,6 +52,9 @@ class UploadJob:
     max_retries: int = 8
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 120.0
+    checkpoint: str | None = None  # SQLite file that makes the job resumable
+    restart: bool = False  # ignore (and overwrite) an unfinished checkpoint
+    session_window_s: float = 90 * 60  # Meta's session window; smaller only against the fake
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"\d+", self.audience_id):
@@ -66,6 +69,8 @@ class UploadJob:
             raise ConfigError("concurrency must be at least 1")
         if self.session_id is not None and not 0 < self.session_id < 2**63:
             raise ConfigError("session id must be a positive 64-bit integer")
+        if self.session_window_s <= 0:
+            raise ConfigError("session window must be positive")
         if not re.fullmatch(r"v\d+\.\d+", self.api_version):
             raise ConfigError(f"api version must look like v25.0, got {self.api_version!r}")
         if self.default_country_code is not None and not re.fullmatch(

@@ -102,6 +102,22 @@ class ApiError(EngineError):
         return self.info.code in THROTTLE_CODES
 
     @property
+    def replace_ended(self) -> bool:
+        """The replace session takes no more batches (timed out or already finished):
+        the rest goes through /users add once the replace is done (SPEC section 3)."""
+        return self.info.code == REPLACE_ERROR_CODE and self.info.subcode in (
+            REPLACE_TIMED_OUT,
+            REPLACE_FINISHED,
+        )
+
+    @property
+    def replace_retry(self) -> bool:
+        """Meta asks for the replace to be tried again in a new session."""
+        return (
+            self.info.code == REPLACE_ERROR_CODE and self.info.subcode == REPLACE_RETRY_NEW_SESSION
+        )
+
+    @property
     def is_transient(self) -> bool:
         """Worth retrying the same request after a backoff."""
         i = self.info

@@ -426,6 +426,11 @@ class FakeGraph:
         self.base_url = ""
         self._runner: web.AppRunner | None = None
         self._rng = random.Random(self.config.seed)
+        # Test hooks, called with the request's log entry on arrival (after any latency,
+        # before anything is applied) and once applied; returning False drops the
+        # connection there, so the client never gets a reply.
+        self.on_arrival: Callable[[LogEntry], bool] | None = None
+        self.on_applied: Callable[[LogEntry], bool] | None = None
         self.reset()
 
     # -- state and accessors -----------------------------------------------------------
@@ -596,6 +601,8 @@ class FakeGraph:
             delay += self._hangs.pop(0)
         if delay > 0:
             await asyncio.sleep(delay)
+        if self.on_arrival is not None and not self.on_arrival(entry):
+            return _drop(request, entry, "dropped_before")
         return self._answer(request, up, entry)
 
     async def _read_fields(self, request: web.Request) -> dict[str, Any]:
@@ -655,12 +662,16 @@ class FakeGraph:
             self._violation(up, "batch_seq 1 sent again: Meta starts a new replace")
         elif n in acked:
             self._violation(up, "batch re-sent after it was acknowledged")
-        if up.mode == "replace" and n != 1 and 1 not in acked:
-            self._violation(up, "replace batch sent before batch 1 was acknowledged")
+        # Meta's rule is "after the first batch": one it applied counts even when its
+        # reply was lost and the client learned of it from the sessions endpoint.
+        if up.mode == "replace" and n != 1 and (sess is None or 1 not in sess.counted):
+            self._violation(up, "replace batch sent before batch 1 was received")
         arrived = self._arrived.setdefault(key, set())
         if up.last:
             gaps = [i for i in range(1, n) if i not in arrived]
-            unacked = [i for i in range(1, n) if i in arrived and i not in acked]
+            # A replace's batch 1 may be known to the client through the sessions endpoint.
+            known = acked | ({1} if sess is not None and 1 in sess.counted else set())
+            unacked = [i for i in range(1, n) if i in arrived and i not in known]
             if gaps:
                 self._violation(up, f"last flag with batch_seq never sent: {_few(gaps)}")
             if unacked:
@@ -691,8 +702,10 @@ class FakeGraph:
             if up.error is not None:
                 raise up.error
             body, sess = self._apply(up, aud, entry)
-            if drop == "dropped_after":
-                return _drop(request, entry, drop)
+            if drop == "dropped_after" or (
+                self.on_applied is not None and not self.on_applied(entry)
+            ):
+                return _drop(request, entry, "dropped_after")
             if request.transport is None or request.transport.is_closing():
                 # The client gave up (a timeout during hang_next): applied, never acked.
                 entry.outcome = "client_gone"

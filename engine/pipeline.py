@@ -17,17 +17,21 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
+
 from .batcher import Batch, Batcher
+from .checkpoint import Checkpoint
 from .client import GraphClient
 from .config import UploadJob, new_session_id
 from .errors import ApiError, InputError, Interrupted, RetriesExhausted
+from .journal import Journal
 from .limiter import AccountLimiter
 from .normalize import NormalizeOptions, Schema, normalize_chunk
 from .readers import InputFile
-from .report import ProgressFn, Report, Tally
+from .report import ProgressFn, Report, Status, Tally
 from .rows import HashedChunk, RawChunk, Reject
-from .sender import RetryPolicy, Sender
-from .session import SessionCoordinator
+from .sender import RetryPolicy
+from .sending import SendContext, SendStage
 
 log = logging.getLogger(__name__)
 
@@ -57,44 +61,107 @@ async def run_job(
     Raises InputError (bad usage or input, nothing sent). API refusals and exhausted
     retries come back as a report with status "failed" and the API's error. Setting
     `stop` ends the job early: sends in flight finish, the session is left open, and
-    the report says "interrupted". `progress` receives the running counts.
+    the report says "interrupted". `progress` receives the running counts. With
+    `job.checkpoint`, acknowledged batches are recorded there and the same job run
+    again resumes where it stopped.
     """
     schema = _bind_schema(job, source)
-    session_id = job.session_id or new_session_id()
-    tally = Tally(job.mode, job.audience_id, job.ad_account, session_id, listener=progress)
-    stop = stop or asyncio.Event()
-    raw: asyncio.Queue[RawChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
-    hashed: asyncio.Queue[HashedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
-    batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
-    options = NormalizeOptions(job.prehashed, job.default_country_code)
-    with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
-        stages = [
-            _read(source, raw),
-            _normalize(raw, hashed, schema, options, pool),
-            _batch(hashed, batches, Batcher(job.batch_size), tally, write_rejects),
-        ]
-        if client is None:
-            stages.append(_drain(batches))
+    with _journal(job, schema, source) as journal:
+        if not journal.sessions:
+            journal.open_session(job.session_id or new_session_id(), job.mode)
+        first = journal.sessions[0]
+        tally = Tally(
+            job.mode, job.audience_id, job.ad_account, first.session_id, listener=progress
+        )
+        stop = stop or asyncio.Event()
+        raw: asyncio.Queue[RawChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
+        hashed: asyncio.Queue[HashedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
+        batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
+        options = NormalizeOptions(job.prehashed, job.default_country_code)
+        sending = None
+        with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
+            stages = [
+                _read(source, raw),
+                _normalize(raw, hashed, schema, options, pool),
+            ]
+            if client is None:
+                stages.append(_batch(hashed, batches, job, tally, write_rejects, None))
+                stages.append(_drain(batches))
+            else:
+                sending = SendStage(
+                    SendContext(
+                        job, client, limiter, tally, journal, schema, retry, stop, on_request
+                    )
+                )
+                stages.append(
+                    _batch(hashed, batches, job, tally, write_rejects, sending.already_sent)
+                )
+                stages.append(sending.run(batches))
+            status: Status = "dry_run" if client is None else "completed"
+            error = message = None
+            try:
+                await _gather_or_cancel(stages)
+            except (ApiError, RetriesExhausted) as exc:
+                status, error, message = "failed", exc.info, str(exc)
+            except Interrupted as exc:
+                status, message = "interrupted", str(exc)
+            except asyncio.CancelledError:
+                journal.finish("running", tally.retries, tally.throttled)
+                raise
+        notes = [*(sending.notes if sending else []), *([message] if message else [])]
+        journal.finish(
+            "completed" if status == "completed" else "running", tally.retries, tally.throttled
+        )
+        tally.retries += journal.retries
+        tally.throttled += journal.throttled
+        return tally.report(
+            status,
+            error=error,
+            message="; ".join(notes) or None,
+            sessions=[{"session_id": s.session_id, "mode": s.mode} for s in journal.sessions],
+            resumed=journal.resumed_run,
+        )
+
+
+@contextmanager
+def _journal(job: UploadJob, schema: Schema, source: InputFile) -> Iterator[Journal]:
+    """The job's journal, loaded from its checkpoint when resuming; checked against it."""
+    if job.checkpoint is None or job.dry_run:
+        yield Journal(None, None)
+        return
+    identity = orjson.dumps(
+        {
+            "audience": job.audience_id,
+            "ad_account": job.ad_account,
+            "mode": job.mode,
+            "schema": list(schema.keys),
+            "single_key": schema.single_key,
+            "batch_size": job.batch_size,
+            "source": job.source,
+        }
+    ).decode()
+    fingerprint = source.fingerprint()
+    checkpoint = Checkpoint(job.checkpoint)
+    try:
+        record = checkpoint.load()
+        if record is not None and record.state == "running" and not job.restart:
+            if record.identity != identity:
+                raise InputError(
+                    f"checkpoint {job.checkpoint} belongs to another job "
+                    "(audience, mode, schema, batch size or input differ); "
+                    "pass --restart to start over"
+                )
+            if record.fingerprint != fingerprint:
+                raise InputError(
+                    f"the input changed since checkpoint {job.checkpoint} was written; "
+                    "pass --restart to start over in a new session"
+                )
         else:
-            sender = Sender(
-                client,
-                limiter,
-                tally,
-                audience_id=job.audience_id,
-                mode=job.mode,
-                schema=schema,
-                session_id=session_id,
-                retry=retry,
-                on_request=on_request,
-            )
-            stages.append(_send(job, sender, batches, stop))
-        try:
-            await _gather_or_cancel(stages)
-        except (ApiError, RetriesExhausted) as exc:
-            return tally.report("failed", error=exc.info, message=str(exc))
-        except Interrupted as exc:
-            return tally.report("interrupted", message=str(exc))
-    return tally.report("dry_run" if client is None else "completed")
+            checkpoint.start(identity, fingerprint)
+            record = None
+        yield Journal(checkpoint, record)
+    finally:
+        checkpoint.close()
 
 
 def _bind_schema(job: UploadJob, source: InputFile) -> Schema:
@@ -148,41 +215,33 @@ async def _normalize(
 async def _batch(
     inp: asyncio.Queue[HashedChunk | None],
     out: asyncio.Queue[Batch | None],
-    batcher: Batcher,
+    job: UploadJob,
     tally: Tally,
     write_rejects: Callable[[list[Reject]], None],
+    already_sent: Callable[[Batch], bool] | None,
 ) -> None:
+    batcher = Batcher(job.batch_size)
+
+    async def emit(batches: list[Batch]) -> None:
+        for batch in batches:
+            if already_sent is None or not already_sent(batch):
+                await out.put(batch)
+
     while (chunk := await inp.get()) is not None:
         if chunk.rejects:
             write_rejects(chunk.rejects)
         full = batcher.add(chunk)
         tally.chunk(chunk.rows_read, chunk.rejects, len(full))
-        for batch in full:
-            await out.put(batch)
+        await emit(full)
     if (rest := batcher.flush()) is not None:
         tally.chunk(0, [], 1)
-        await out.put(rest)
+        await emit([rest])
     await out.put(None)
 
 
 async def _drain(inp: asyncio.Queue[Batch | None]) -> None:
     while await inp.get() is not None:
         pass
-
-
-async def _send(
-    job: UploadJob, sender: Sender, batches: asyncio.Queue[Batch | None], stop: asyncio.Event
-) -> None:
-    coordinator = SessionCoordinator(
-        sender, concurrency=job.concurrency, first_alone=job.mode == "replace", stop=stop
-    )
-    if await coordinator.run(batches) == 0 and job.mode == "replace":
-        if not job.allow_empty_replace:
-            raise InputError(
-                "replace with zero valid rows would empty the audience; "
-                "pass --allow-empty-replace to do that on purpose"
-            )
-        await sender(Batch(1, [], 0, 0), True)
 
 
 @contextmanager

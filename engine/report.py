@@ -41,6 +41,8 @@ class Report:
     rows_per_s: float
     error: dict[str, Any] | None = None
     message: str | None = None
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    resumed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +79,7 @@ class Tally:
     rows_sent: int = 0
     batches_total: int = 0
     batches_sent: int = 0
-    num_received: int = 0
+    received: dict[int, int] = field(default_factory=dict)  # highest num_received per session
     num_invalid_entries: int = 0
     invalid_entry_samples: dict[str, str] = field(default_factory=dict)
     retries: int = 0
@@ -106,13 +108,13 @@ class Tally:
         self.batches_total += new_batches
         self._changed()
 
-    def acknowledged(self, rows: int, body: dict[str, Any]) -> None:
+    def acknowledged(self, rows: int, body: dict[str, Any], session_id: int) -> None:
         self.rows_sent += rows
         self.batches_sent += 1
         # num_received is cumulative per session on Meta's side: keep the highest seen.
         received = body.get("num_received")
         if isinstance(received, int):
-            self.num_received = max(self.num_received, received)
+            self.received[session_id] = max(self.received.get(session_id, 0), received)
         invalid = body.get("num_invalid_entries")
         if isinstance(invalid, int):
             self.num_invalid_entries += invalid
@@ -125,7 +127,12 @@ class Tally:
         self._changed()
 
     def report(
-        self, status: Status, error: ErrorInfo | None = None, message: str | None = None
+        self,
+        status: Status,
+        error: ErrorInfo | None = None,
+        message: str | None = None,
+        sessions: list[dict[str, Any]] | None = None,
+        resumed: bool = False,
     ) -> Report:
         elapsed = time.monotonic() - self.started
         return Report(
@@ -141,7 +148,7 @@ class Tally:
             rows_sent=self.rows_sent,
             batches_total=self.batches_total,
             batches_sent=self.batches_sent,
-            num_received=self.num_received,
+            num_received=sum(self.received.values()),
             num_invalid_entries=self.num_invalid_entries,
             invalid_entry_samples=dict(self.invalid_entry_samples),
             retries=self.retries,
@@ -150,4 +157,6 @@ class Tally:
             rows_per_s=round(self.rows_read / elapsed, 1) if elapsed > 0 else 0.0,
             error=error.to_dict() if error else None,
             message=message,
+            sessions=sessions or [],
+            resumed=resumed,
         )

@@ -13,8 +13,10 @@ from typing import Any
 import orjson
 
 from .batcher import Batch
+from .checkpoint import batch_digest
 from .client import GraphClient, Mode
 from .errors import ApiError, RetriesExhausted, TransportError
+from .journal import Journal
 from .limiter import AccountLimiter, Backoff, parse_usage
 from .normalize import Schema
 from .report import Tally
@@ -51,6 +53,7 @@ class Sender:
         client: GraphClient,
         limiter: AccountLimiter,
         tally: Tally,
+        journal: Journal,
         *,
         audience_id: str,
         mode: Mode,
@@ -60,6 +63,7 @@ class Sender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         on_request: Callable[[str, float], None] | None = None,
+        first_unknown: bool = False,
     ) -> None:
         self._client = client
         self._limiter = limiter
@@ -72,6 +76,9 @@ class Sender:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._on_request = on_request
+        self._journal = journal
+        # Batch 1 of a replace may have reached the API in an earlier run: ask before sending.
+        self._first_unknown = first_unknown and mode == "replace"
 
     async def __call__(self, batch: Batch, last: bool) -> None:
         payload = encode_payload(self._schema, batch.rows)
@@ -80,6 +87,10 @@ class Sender:
             "batch_seq": batch.seq,
             "last_batch_flag": last,
         }
+        if batch.seq == 1:
+            self._journal.started()
+            if self._first_unknown and await self._replace_seen(batch, payload, last):
+                return
         failures = throttles = 0
         while True:
             await self._limiter.acquire()
@@ -102,24 +113,35 @@ class Sender:
                 continue
             except TransportError as exc:
                 self._observe("transport", started)
-                if exc.maybe_applied and self._mode == "replace" and batch.seq == 1:
-                    body = await self._replace_started()
-                    if body is not None:
-                        self._acknowledged(batch, body)
-                        return
+                if (
+                    exc.maybe_applied
+                    and self._mode == "replace"
+                    and batch.seq == 1
+                    and await self._replace_seen(batch, payload, last)
+                ):
+                    return
                 failures = await self._backoff(exc, batch, failures)
                 continue
             self._observe("ok", started)
             self._limiter.on_success(parse_usage(reply.headers))
-            self._acknowledged(batch, reply.body)
+            self._acknowledged(batch, payload, reply.body, last)
             return
+
+    async def _replace_seen(self, batch: Batch, payload: bytes, last: bool) -> bool:
+        """Whether batch 1 of this replace already arrived (then it counts as acknowledged)."""
+        body = await self._replace_started()
+        if body is None:
+            return False
+        self._acknowledged(batch, payload, body, last)
+        return True
 
     def _observe(self, outcome: str, started: float) -> None:
         if self._on_request is not None:
             self._on_request(outcome, time.monotonic() - started)
 
-    def _acknowledged(self, batch: Batch, body: dict[str, Any]) -> None:
-        self._tally.acknowledged(len(batch.rows), body)
+    def _acknowledged(self, batch: Batch, payload: bytes, body: dict[str, Any], last: bool) -> None:
+        self._journal.acknowledged(batch, batch_digest(payload), body, last=last)
+        self._tally.acknowledged(len(batch.rows), body, self._session_id)
 
     async def _backoff(self, exc: ApiError | TransportError, batch: Batch, failures: int) -> int:
         if failures >= self._retry.max_retries:

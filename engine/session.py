@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from .batcher import Batch
 from .errors import Interrupted
 
 SendFn = Callable[[Batch, bool], Awaitable[None]]
 """Sends one batch (the flag says whether it is the last) and returns once it is acknowledged."""
+
+NextFn = Callable[[], Awaitable[Batch | None]]
+"""The session's next batch in `seq` order, or None when there are no more."""
+
+
+@dataclass
+class Outcome:
+    """How a session's run ended: `last` is the seq sent with the last flag (0: none);
+    `cut` says the session was closed early and `leftovers` holds batches still to send."""
+
+    last: int = 0
+    cut: bool = False
+    leftovers: list[Batch] = field(default_factory=list)
 
 
 class SessionCoordinator:
@@ -19,9 +33,12 @@ class SessionCoordinator:
     arrives, so the coordinator knows which batch is last; the last batch is sent, with
     `last_batch_flag`, only after every other batch is acknowledged. With `first_alone`
     (replace), batch 1 is acknowledged before any other batch starts. When a send fails,
-    no new batch starts, the sends in flight finish, and the first error is raised. When
-    `stop` is set, the same happens and `Interrupted` is raised: the session stays open
-    (no last flag) so it can be resumed.
+    no new batch starts, the sends in flight finish, and the first error is raised; the
+    batches not acknowledged are in `leftovers()`. When `stop` is set, the same happens and
+    `Interrupted` is raised: the session stays open (no last flag) so it can be resumed.
+    When `cut()` turns true (checked before each batch starts), the session is closed
+    early: the batches in flight finish, the batch due next goes out as the last, and the
+    rest is handed back in the outcome's `leftovers`.
     """
 
     def __init__(
@@ -31,6 +48,7 @@ class SessionCoordinator:
         concurrency: int,
         first_alone: bool,
         stop: asyncio.Event | None = None,
+        cut: Callable[[], bool] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -38,34 +56,46 @@ class SessionCoordinator:
         self._slots = asyncio.Semaphore(concurrency)
         self._first_alone = first_alone
         self._stop = stop or asyncio.Event()
+        self._cut = cut or (lambda: False)
         self._failed = asyncio.Event()
         self._errors: list[Exception] = []
+        self._unacked: list[Batch] = []
         self._inflight: set[asyncio.Task[None]] = set()
 
-    async def run(self, batches: asyncio.Queue[Batch | None]) -> int:
-        """Send every batch from the queue (None ends it); returns how many were sent."""
+    def leftovers(self) -> list[Batch]:
+        """Batches taken from the feed and not acknowledged, in `seq` order."""
+        return sorted(self._unacked, key=lambda b: b.seq)
+
+    async def run(self, next_batch: NextFn) -> Outcome:
+        """Send every batch the feed gives; returns how the session ended."""
         held: Batch | None = None
         try:
-            while (batch := await self._next(batches)) is not None:
+            while (batch := await self._next(next_batch)) is not None:
+                self._unacked.append(batch)
                 if held is not None:
+                    if held.seq > 1 and self._cut():
+                        await self._drain()
+                        await self._send(held, True)
+                        self._unacked.remove(held)
+                        return Outcome(held.seq, cut=True, leftovers=self.leftovers())
                     await self._start(held)
                 held = batch
-            await asyncio.gather(*self._inflight)
-            self._raise_first_error()
+            await self._drain()
             if self._stop.is_set():
                 await self._wind_down()
             if held is not None:
                 await self._send(held, True)
-            return held.seq if held else 0
+                self._unacked.remove(held)
+            return Outcome(held.seq if held else 0)
         finally:
             for task in self._inflight:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
 
-    async def _next(self, batches: asyncio.Queue[Batch | None]) -> Batch | None:
+    async def _next(self, next_batch: NextFn) -> Batch | None:
         # Wait for the next batch or a failed send, whichever comes first, so an error
         # surfaces at once even when the input is slow.
-        get = asyncio.ensure_future(batches.get())
+        get = asyncio.ensure_future(next_batch())
         failed = asyncio.ensure_future(self._failed.wait())
         stop = asyncio.ensure_future(self._stop.wait())
         try:
@@ -79,16 +109,23 @@ class SessionCoordinator:
             batch = get.result()
             if not self._halted():
                 return batch
+            if batch is not None:
+                self._unacked.append(batch)
         await self._wind_down()
         raise AssertionError("unreachable")
 
     def _halted(self) -> bool:
         return self._failed.is_set() or self._stop.is_set()
 
+    async def _drain(self) -> None:
+        """Wait for the sends in flight; raise the first error if any failed."""
+        await asyncio.gather(*self._inflight)
+        if self._errors:
+            raise self._errors[0]
+
     async def _wind_down(self) -> None:
         """Let the sends in flight finish, then raise why we stopped."""
-        await asyncio.gather(*self._inflight)
-        self._raise_first_error()
+        await self._drain()
         raise Interrupted("stopped before the session ended; it can be resumed")
 
     async def _start(self, batch: Batch) -> None:
@@ -99,6 +136,7 @@ class SessionCoordinator:
         if self._first_alone and batch.seq == 1:
             try:
                 await self._send(batch, False)
+                self._unacked.remove(batch)
             finally:
                 self._slots.release()
             return
@@ -109,12 +147,9 @@ class SessionCoordinator:
     async def _guarded(self, batch: Batch) -> None:
         try:
             await self._send(batch, False)
+            self._unacked.remove(batch)
         except Exception as exc:
             self._errors.append(exc)
             self._failed.set()
         finally:
             self._slots.release()
-
-    def _raise_first_error(self) -> None:
-        if self._errors:
-            raise self._errors[0]

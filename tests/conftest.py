@@ -11,12 +11,19 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from engine.fakegraph import FakeConfig, FakeGraph
 
 TOKEN = "EAAB-test-token-DO-NOT-LEAK-7f3a"
 APP_SECRET = "app-secret-DO-NOT-LEAK-91c2"
 AUDIENCE = "23850000000000001"
 AD_ACCOUNT = "act_1000000001"
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default checkpoints go to a per-test state dir, never the user's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 @pytest.fixture

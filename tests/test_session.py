@@ -62,9 +62,9 @@ def check_invariants(events: list[tuple[str, int, bool]], n: int) -> None:
 async def test_add_invariants_hold_under_concurrency(seed: int, concurrency: int) -> None:
     send = Recorder(seed)
     sent = await SessionCoordinator(send, concurrency=concurrency, first_alone=False).run(
-        await feed(25)
+        (await feed(25)).get
     )
-    assert sent == 25
+    assert sent.last == 25 and not sent.cut
     check_invariants(send.events, 25)
     assert send.max_inflight <= concurrency
     if concurrency > 1:
@@ -74,7 +74,7 @@ async def test_add_invariants_hold_under_concurrency(seed: int, concurrency: int
 @pytest.mark.parametrize("seed", range(5))
 async def test_replace_acknowledges_batch_one_before_any_other(seed: int) -> None:
     send = Recorder(seed)
-    await SessionCoordinator(send, concurrency=8, first_alone=True).run(await feed(12))
+    await SessionCoordinator(send, concurrency=8, first_alone=True).run((await feed(12)).get)
     check_invariants(send.events, 12)
     assert send.events[:2] == [("start", 1, False), ("ack", 1, False)]
 
@@ -82,20 +82,23 @@ async def test_replace_acknowledges_batch_one_before_any_other(seed: int) -> Non
 @pytest.mark.parametrize("first_alone", [False, True])
 async def test_single_batch_is_sent_once_as_last(first_alone: bool) -> None:
     send = Recorder()
-    await SessionCoordinator(send, concurrency=4, first_alone=first_alone).run(await feed(1))
+    await SessionCoordinator(send, concurrency=4, first_alone=first_alone).run((await feed(1)).get)
     assert send.events == [("start", 1, True), ("ack", 1, True)]
 
 
 async def test_no_batches_sends_nothing() -> None:
     send = Recorder()
-    assert await SessionCoordinator(send, concurrency=4, first_alone=False).run(await feed(0)) == 0
+    outcome = await SessionCoordinator(send, concurrency=4, first_alone=False).run(
+        (await feed(0)).get
+    )
+    assert outcome.last == 0
     assert send.events == []
 
 
 async def test_failure_stops_new_sends_lets_inflight_finish_and_raises() -> None:
     send = Recorder(seed=3, fail_on=5)
     with pytest.raises(RuntimeError, match="batch 5 refused"):
-        await SessionCoordinator(send, concurrency=4, first_alone=False).run(await feed(40))
+        await SessionCoordinator(send, concurrency=4, first_alone=False).run((await feed(40)).get)
     started = {seq for kind, seq, _ in send.events if kind == "start"}
     acked = {seq for kind, seq, _ in send.events if kind == "ack"}
     assert max(started) < 5 + 4 + 1  # at most one window past the failure
@@ -112,7 +115,7 @@ async def test_failure_surfaces_while_input_is_still_coming() -> None:
     # No end marker: the producer is "slow"; the error must not wait for it.
     with pytest.raises(RuntimeError):
         await asyncio.wait_for(
-            SessionCoordinator(send, concurrency=2, first_alone=False).run(queue), timeout=5
+            SessionCoordinator(send, concurrency=2, first_alone=False).run(queue.get), timeout=5
         )
 
 
@@ -128,9 +131,37 @@ async def test_stop_lets_inflight_finish_and_never_sends_the_last_batch() -> Non
 
     coordinator = SessionCoordinator(stopping_send, concurrency=4, first_alone=False, stop=stop)
     with pytest.raises(Interrupted):
-        await coordinator.run(queue)
+        await coordinator.run(queue.get)
     started = {seq for kind, seq, _ in send.events if kind == "start"}
     acked = {seq for kind, seq, _ in send.events if kind == "ack"}
     assert started == acked  # everything in flight finished
     assert max(started) <= 6 + 4
     assert not any(last for _, _, last in send.events)
+
+
+async def test_cut_closes_the_session_early_and_hands_back_the_rest() -> None:
+    send = Recorder(seed=2)
+    started: list[int] = []
+
+    async def counting_send(batch: Batch, last: bool) -> None:
+        started.append(batch.seq)
+        await send(batch, last)
+
+    coordinator = SessionCoordinator(
+        counting_send, concurrency=4, first_alone=True, cut=lambda: len(started) >= 7
+    )
+    outcome = await coordinator.run((await feed(20)).get)
+    assert outcome.cut and outcome.last == 8
+    check_invariants(send.events, 8)  # 1..8 once each, 8 last and after all others
+    assert [b.seq for b in outcome.leftovers] == [9]  # taken from the feed, not sent
+
+
+async def test_failure_leaves_unacknowledged_batches_for_a_retry() -> None:
+    send = Recorder(seed=3, fail_on=5)
+    coordinator = SessionCoordinator(send, concurrency=4, first_alone=False)
+    with pytest.raises(RuntimeError):
+        await coordinator.run((await feed(40)).get)
+    acked = {seq for kind, seq, _ in send.events if kind == "ack"}
+    left = [b.seq for b in coordinator.leftovers()]
+    assert 5 in left and not acked & set(left)
+    assert left == sorted(left)

@@ -1,0 +1,210 @@
+"""Checkpoints: a job's progress in a local SQLite file, so the same command resumes it.
+
+The file keeps the job's identity, a fingerprint of its input, its sessions and, for every
+acknowledged batch, the batch's number, row count, the API's counts and a digest of its
+hashed payload (which lets a resume notice input that changed under it). Never a raw
+identifier, never a token (SPEC section 5). Every acknowledgement is one transaction in
+WAL mode, so a kill at any instant leaves the file consistent: a batch is either recorded
+as acknowledged or it is sent again with the same `batch_seq`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS job (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    identity TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    retries INTEGER NOT NULL DEFAULT 0,
+    throttled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS session (
+    session_id INTEGER PRIMARY KEY,
+    mode TEXT NOT NULL,
+    first_batch INTEGER NOT NULL,
+    started_at REAL,
+    closed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS batch (
+    batch INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    num_received INTEGER,
+    num_invalid INTEGER,
+    acked_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One upload session of the job: its batches are `first_batch` onwards (job numbering)."""
+
+    session_id: int
+    mode: str
+    first_batch: int
+    started_at: float | None  # wall-clock time its first batch was sent; None: not yet
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """An acknowledged batch, by its job-wide number."""
+
+    batch: int
+    session_id: int
+    rows: int
+    digest: str
+    num_received: int | None
+    num_invalid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """Everything a checkpoint holds."""
+
+    identity: str
+    fingerprint: str
+    state: str  # "running" or "completed"
+    created_at: float
+    updated_at: float
+    retries: int
+    throttled: int
+    sessions: list[SessionRecord]
+    batches: dict[int, BatchRecord]
+
+
+def default_path(identity: str) -> Path:
+    """Where the CLI keeps a job's checkpoint unless told: the user's state dir, by job."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    key = hashlib.sha256(identity.encode()).hexdigest()[:20]
+    return Path(base) / "audience-engine" / "checkpoints" / f"{key}.sqlite"
+
+
+def batch_digest(payload: bytes) -> str:
+    """Digest of a batch's encoded payload: hashes of hashes, safe to keep on disk."""
+    return hashlib.sha256(payload).hexdigest()[:32]
+
+
+class Checkpoint:
+    """One job's checkpoint file. Not shared between processes; one writer at a time."""
+
+    def __init__(self, path: str | os.PathLike[str], clock: Any = time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL loses at most the last transactions on power loss, never consistency;
+        # a lost acknowledgement only means that batch is sent again, which is allowed.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        os.chmod(self.path, 0o600)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def load(self) -> JobRecord | None:
+        """The job recorded here, or None for a new file."""
+        row = self._db.execute(
+            "SELECT identity, fingerprint, state, created_at, updated_at, retries, throttled "
+            "FROM job WHERE id = 1"
+        ).fetchone()
+        if row is None:
+            return None
+        sessions = [
+            SessionRecord(sid, mode, first, started, bool(closed))
+            for sid, mode, first, started, closed in self._db.execute(
+                "SELECT session_id, mode, first_batch, started_at, closed FROM session "
+                "ORDER BY first_batch"
+            )
+        ]
+        batches = {
+            b[0]: BatchRecord(*b)
+            for b in self._db.execute(
+                "SELECT batch, session_id, rows, digest, num_received, num_invalid FROM batch"
+            )
+        }
+        identity, fingerprint, state, created, updated, retries, throttled = row
+        return JobRecord(
+            identity, fingerprint, state, created, updated, retries, throttled, sessions, batches
+        )
+
+    def start(self, identity: str, fingerprint: str) -> None:
+        """Forget whatever was here and record a new job."""
+        now = self._clock()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM batch")
+            self._db.execute("DELETE FROM session")
+            self._db.execute("DELETE FROM job")
+            self._db.execute(
+                "INSERT INTO job (id, identity, fingerprint, state, created_at, updated_at) "
+                "VALUES (1, ?, ?, 'running', ?, ?)",
+                (identity, fingerprint, now, now),
+            )
+
+    def add_session(self, session_id: int, mode: str, first_batch: int) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO session (session_id, mode, first_batch) VALUES (?, ?, ?)",
+                (session_id, mode, first_batch),
+            )
+
+    def session_started(self, session_id: int) -> float:
+        """Record (once) when the session's first batch went out; returns that time."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE session SET started_at = ? WHERE session_id = ? AND started_at IS NULL",
+                (self._clock(), session_id),
+            )
+            row = self._db.execute(
+                "SELECT started_at FROM session WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        return float(row[0])
+
+    def acknowledged(self, record: BatchRecord, *, closes_session: bool = False) -> None:
+        """Record an acknowledged batch; the session's last batch closes it."""
+        now = self._clock()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO batch VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.batch,
+                    record.session_id,
+                    record.rows,
+                    record.digest,
+                    record.num_received,
+                    record.num_invalid,
+                    now,
+                ),
+            )
+            if closes_session:
+                self._db.execute(
+                    "UPDATE session SET closed = 1 WHERE session_id = ?", (record.session_id,)
+                )
+            self._db.execute("UPDATE job SET updated_at = ?", (now,))
+
+    def finish(self, state: str, retries: int, throttled: int) -> None:
+        """Save the run's retry counts (they add up across runs) and the job's state."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE job SET state = ?, retries = ?, throttled = ?, updated_at = ?",
+                (state, retries, throttled, self._clock()),
+            )

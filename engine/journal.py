@@ -1,0 +1,112 @@
+"""The job's journal: its sessions and acknowledged batches, mirrored to the checkpoint.
+
+A job's batches are numbered 1..N over the whole input (`Batch.index`); a job normally
+runs in one session, where `batch_seq` equals that number. A job gets a further session
+when its session can no longer take batches (Meta's 90-minute window, or a replace that
+had to close early): the new session numbers the batches still unacknowledged from 1,
+in input order. That numbering depends only on what earlier sessions acknowledged, so a
+resumed job sends every batch with the same `batch_seq` as before (SPEC section 2).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from .batcher import Batch
+from .checkpoint import BatchRecord, Checkpoint, JobRecord, SessionRecord
+
+# Meta discards batches that arrive 90 minutes after a session's first batch.
+SESSION_WINDOW_S = 90 * 60
+
+
+class Journal:
+    """Sessions and acknowledgements of one job; `checkpoint` (optional) makes them durable."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint | None,
+        record: JobRecord | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._checkpoint = checkpoint
+        self._clock = clock
+        self.sessions: list[SessionRecord] = list(record.sessions) if record else []
+        # A resumed run: the checkpoint had sessions when this run began.
+        self.resumed_run = bool(self.sessions)
+        self.acked: dict[int, BatchRecord] = dict(record.batches) if record else {}
+        self.retries = record.retries if record else 0
+        self.throttled = record.throttled if record else 0
+
+    @property
+    def current(self) -> SessionRecord:
+        return self.sessions[-1]
+
+    def open_session(self, session_id: int, mode: str) -> SessionRecord:
+        """Start a new session for every batch not yet acknowledged."""
+        first = 1
+        while first in self.acked:
+            first += 1
+        record = SessionRecord(session_id, mode, first, None, False)
+        self.sessions.append(record)
+        if self._checkpoint is not None:
+            self._checkpoint.add_session(session_id, mode, first)
+        return record
+
+    def expired(self, window_s: float) -> bool:
+        """Whether the current session is past the window in which Meta takes its batches."""
+        started = self.current.started_at
+        return started is not None and self._clock() - started >= window_s
+
+    def numbering(self) -> Callable[[Batch], Batch]:
+        """Gives a job batch its `batch_seq` in the current session."""
+        session = self.current
+        first = session.first_batch
+        earlier = sorted(
+            index
+            for index, rec in self.acked.items()
+            if rec.session_id != session.session_id and index >= first
+        )
+
+        def number(batch: Batch) -> Batch:
+            skipped = bisect.bisect_left(earlier, batch.index)
+            return replace(batch, seq=batch.index - first + 1 - skipped)
+
+        return number
+
+    def started(self) -> float:
+        """Note that the current session's first batch is going out; returns when it did."""
+        session = self.current
+        if session.started_at is None:
+            now = (
+                self._checkpoint.session_started(session.session_id)
+                if self._checkpoint is not None
+                else self._clock()
+            )
+            self.sessions[-1] = session = replace(session, started_at=now)
+        assert session.started_at is not None
+        return session.started_at
+
+    def acknowledged(self, batch: Batch, digest: str, body: dict[str, Any], *, last: bool) -> None:
+        received, invalid = body.get("num_received"), body.get("num_invalid_entries")
+        record = BatchRecord(
+            batch.index,
+            self.current.session_id,
+            len(batch.rows),
+            digest,
+            received if isinstance(received, int) else None,
+            invalid if isinstance(invalid, int) else None,
+        )
+        self.acked[batch.index] = record
+        if last:
+            self.sessions[-1] = replace(self.current, closed=True)
+        if self._checkpoint is not None:
+            self._checkpoint.acknowledged(record, closes_session=last)
+
+    def finish(self, state: str, retries: int, throttled: int) -> None:
+        if self._checkpoint is not None:
+            self._checkpoint.finish(state, self.retries + retries, self.throttled + throttled)

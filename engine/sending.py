@@ -1,0 +1,218 @@
+"""The send stage: the job's sessions (almost always one) through the session coordinator.
+
+It resumes from the journal (acknowledged batches are skipped, never sent twice), starts
+a new session when the current one is past Meta's window, and closes a replace early
+when its window is about to end, then adds the rest in a new session once the audience
+is out of `replace_in_progress` (SPEC section 2, point 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from .batcher import Batch
+from .checkpoint import batch_digest
+from .client import GraphClient, Mode
+from .config import UploadJob, new_session_id
+from .errors import ApiError, InputError, TransportError
+from .journal import Journal
+from .limiter import AccountLimiter
+from .normalize import Schema
+from .report import Tally
+from .sender import RetryPolicy, Sender, encode_payload
+from .session import NextFn, SessionCoordinator
+
+log = logging.getLogger(__name__)
+
+# A replace closes once this share of its window has passed: the margin lets the sends in
+# flight and the closing batch land in time, even through a throttle pause.
+CUT_AT = 0.9
+# How often to ask whether a closed replace has finished, at most.
+SETTLE_POLL_MAX_S = 30.0
+
+
+@dataclass
+class SendContext:
+    """What the send stage needs besides the batches."""
+
+    job: UploadJob
+    client: GraphClient
+    limiter: AccountLimiter
+    tally: Tally
+    journal: Journal
+    schema: Schema
+    retry: RetryPolicy
+    stop: asyncio.Event
+    on_request: Callable[[str, float], None] | None = None
+    clock: Callable[[], float] = time.time
+
+
+class SendStage:
+    """Sends every batch not yet acknowledged, in as many sessions as it takes."""
+
+    def __init__(self, ctx: SendContext) -> None:
+        self._ctx = ctx
+        self._journal = ctx.journal
+        self._leftovers: deque[Batch] = deque()
+        self._exhausted = False
+        self.notes: list[str] = []
+
+    def already_sent(self, batch: Batch) -> bool:
+        """True for a batch acknowledged in an earlier run; it then counts as sent.
+
+        Raises InputError when the batch differs from the one acknowledged then: the
+        input changed, and resuming would send a different list than the one begun.
+        """
+        record = self._journal.acked.get(batch.index)
+        if record is None:
+            return False
+        digest = batch_digest(encode_payload(self._ctx.schema, batch.rows))
+        if digest != record.digest or len(batch.rows) != record.rows:
+            raise InputError(
+                f"the input changed since the checkpoint: batch {batch.index} (rows "
+                f"{batch.first_row}..{batch.last_row}) differs from the one sent before; "
+                "pass --restart to start over"
+            )
+        self._ctx.tally.acknowledged(
+            record.rows, {"num_received": record.num_received}, record.session_id
+        )
+        return True
+
+    async def run(self, batches: asyncio.Queue[Batch | None]) -> None:
+        journal, job = self._journal, self._ctx.job
+        if journal.current.closed:
+            self._next_session("the previous session was complete")
+        elif journal.expired(job.session_window_s):
+            self._next_session(
+                f"session {journal.current.session_id} is past Meta's "
+                f"{job.session_window_s / 60:g}-minute window"
+            )
+        while True:
+            session = journal.current
+            try:
+                mode = cast(Mode, session.mode)
+                outcome = await self._coordinator(mode).run(self._feed(batches))
+            except ApiError as exc:
+                if not (exc.replace_ended or exc.replace_retry):
+                    raise
+                self._put_back(self._last_coordinator.leftovers())
+                if exc.replace_retry:
+                    self._retry_replace(exc)
+                else:
+                    await self._after_replace(f"the replace session ended early ({exc})")
+                continue
+            if outcome.cut:
+                self._put_back(outcome.leftovers)
+                await self._after_replace(
+                    f"replace session {session.session_id} closed with batch {outcome.last} "
+                    "before Meta's window ended"
+                )
+                continue
+            if outcome.last == 0 and not journal.acked and job.mode == "replace":
+                await self._empty_replace()
+            return
+
+    def _sender(self, mode: Mode) -> Sender:
+        ctx, session = self._ctx, self._journal.current
+        return Sender(
+            ctx.client,
+            ctx.limiter,
+            ctx.tally,
+            self._journal,
+            audience_id=ctx.job.audience_id,
+            mode=mode,
+            schema=ctx.schema,
+            session_id=session.session_id,
+            retry=ctx.retry,
+            on_request=ctx.on_request,
+            first_unknown=session.started_at is not None,
+        )
+
+    def _coordinator(self, mode: Mode) -> SessionCoordinator:
+        ctx = self._ctx
+        window = ctx.job.session_window_s
+
+        def cut() -> bool:
+            started = self._journal.current.started_at
+            return started is not None and ctx.clock() - started >= CUT_AT * window
+
+        self._last_coordinator = SessionCoordinator(
+            self._sender(mode),
+            concurrency=ctx.job.concurrency,
+            first_alone=mode == "replace",
+            stop=ctx.stop,
+            cut=cut if mode == "replace" else None,
+        )
+        return self._last_coordinator
+
+    def _feed(self, batches: asyncio.Queue[Batch | None]) -> NextFn:
+        number = self._journal.numbering()
+
+        async def next_batch() -> Batch | None:
+            if self._leftovers:
+                return number(self._leftovers.popleft())
+            if self._exhausted:
+                return None
+            batch = await batches.get()
+            if batch is None:
+                self._exhausted = True
+                return None
+            return number(batch)
+
+        return next_batch
+
+    def _put_back(self, batches: list[Batch]) -> None:
+        self._leftovers.extendleft(reversed(batches))
+
+    def _next_session(self, why: str) -> None:
+        """Open a new session for the rest: add after a replace, else the job's mode."""
+        old = self._journal.current
+        mode = "add" if old.mode == "replace" else old.mode
+        new = self._journal.open_session(new_session_id(), mode)
+        self.notes.append(f"{why}; the rest goes in {mode} session {new.session_id}")
+        log.warning("%s; continuing in %s session %s", why, mode, new.session_id)
+
+    def _retry_replace(self, exc: ApiError) -> None:
+        session = self._journal.current
+        if any(r.session_id == session.session_id for r in self._journal.acked.values()):
+            raise exc  # part of the list is in: only a fresh run can redo the replace
+        new = self._journal.open_session(new_session_id(), "replace")
+        self.notes.append(
+            f"replace session {session.session_id} failed on Meta's side; "
+            f"retried as session {new.session_id}"
+        )
+
+    async def _after_replace(self, why: str) -> None:
+        """Wait until the audience is out of replace_in_progress, then add the rest."""
+        await self._until_replace_done()
+        self._next_session(why)
+
+    async def _until_replace_done(self) -> None:
+        ctx = self._ctx
+        attempt = 0
+        while True:
+            try:
+                status = await ctx.client.operation_status(ctx.job.audience_id)
+            except (ApiError, TransportError) as exc:
+                if isinstance(exc, ApiError) and not exc.is_transient:
+                    raise
+                status = "unknown"
+            if status not in ("replace_in_progress", "unknown"):
+                return
+            # Deterministic doubling: this waits on Meta's job, not on a shared budget.
+            await asyncio.sleep(min(SETTLE_POLL_MAX_S, ctx.retry.backoff.base_s * 2**attempt))
+            attempt += 1
+
+    async def _empty_replace(self) -> None:
+        if not self._ctx.job.allow_empty_replace:
+            raise InputError(
+                "replace with zero valid rows would empty the audience; "
+                "pass --allow-empty-replace to do that on purpose"
+            )
+        await self._sender("replace")(Batch(1, [], 0, 0, 1), True)

@@ -1,0 +1,231 @@
+"""Interrupted jobs resume: the real CLI killed at chosen points, re-run, checked at the fake.
+
+The fake's hooks fire as a chosen request arrives or right after it is applied, so the
+kill lands exactly there (no timing guesses), and can make the fake lose the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from engine.checkpoint import Checkpoint
+from engine.fakegraph import FakeGraph, LogEntry
+from engine.sample import write_sample
+
+from .checks import check_counts, expected_rows
+from .conftest import APP_SECRET, AUDIENCE, TOKEN, Run, upload_args
+
+ROWS = 12_000
+ARGS = ("--batch-size", "1000", "--concurrency", "4", "--default-country-code", "1")
+
+
+@pytest.fixture
+def people(tmp_path: Path) -> Path:
+    return write_sample(tmp_path / "people.csv", ROWS)
+
+
+class Cli:
+    """The CLI as a subprocess the fake's hooks can kill or signal mid-request."""
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def run(self, *args: str) -> Run:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "engine",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "META_ACCESS_TOKEN": TOKEN, "META_APP_SECRET": APP_SECRET},
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        out, err = await asyncio.wait_for(self.proc.communicate(), timeout=120)
+        assert self.proc.returncode is not None
+        return Run(self.proc.returncode, out.decode(), err.decode())
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+
+def kill_when(
+    cli: Cli, hit: Callable[[LogEntry], bool], sig: int = signal.SIGKILL
+) -> Callable[[LogEntry], bool]:
+    """A fake hook: on the first matching request, signal the CLI; a kill also loses the
+    reply (the process is gone), a gentler signal lets the request finish."""
+    fired = False
+
+    def hook(entry: LogEntry) -> bool:
+        nonlocal fired
+        if fired or not hit(entry):
+            return True
+        fired = True
+        cli.signal(sig)
+        return sig != signal.SIGKILL
+
+    return hook
+
+
+def recorded(checkpoint: Path) -> set[int]:
+    """The batches the checkpoint holds as acknowledged."""
+    store = Checkpoint(checkpoint)
+    try:
+        record = store.load()
+    finally:
+        store.close()
+    assert record is not None
+    return set(record.batches)
+
+
+def check_resumed(
+    fake: FakeGraph, report: dict[str, Any], first_run: int, acked_before: set[int]
+) -> None:
+    """From the fake's log, for a job killed once (its requests are fake.log[:first_run])
+    and run again: one session; the re-run sends every batch the checkpoint did not hold
+    and none that it did, each acknowledged once; the last flag only on batch N, after
+    every other batch was acknowledged; the counts cover the whole job."""
+    check_counts(report)
+    assert report["resumed"] is True
+    entries = [e for e in fake.log if e.mode == report["mode"]]
+    assert {e.session_id for e in entries} == {report["session_id"]}
+    n = report["batches_total"]
+    rerun = [e for e in fake.log[first_run:] if e.mode == report["mode"]]
+    resent = [e.batch_seq or 0 for e in rerun]
+    assert not acked_before & set(resent), "an acknowledged batch was sent again"
+    oks = [e.batch_seq or 0 for e in rerun if e.outcome == "ok"]
+    assert len(oks) == len(set(oks))
+    # A replace's batch 1 may be confirmed through the sessions endpoint instead.
+    confirmed = {1} if report["mode"] == "replace" else set()
+    assert acked_before | set(oks) | confirmed >= set(range(1, n + 1))
+    flagged = [e for e in entries if e.last_batch_flag]
+    assert {e.batch_seq for e in flagged} == {n}
+    assert flagged[-1].outcome == "ok" and flagged[-1] is entries[-1]
+    # Requests in flight at the kill may have been answered to a dead process; their
+    # re-send is the one repeat allowed (SPEC section 2, point 2).
+    in_flight = {e.batch_seq for e in fake.log[:first_run]} - acked_before
+    for violation in fake.violations:
+        assert "re-sent after it was acknowledged" in violation, violation
+        assert int(violation.split(" batch ")[1].split(":")[0]) in in_flight
+    assert report["rows_sent"] == report["rows_valid"]
+
+
+def seq_is(n: int, mode: str | None = None) -> Callable[[LogEntry], bool]:
+    return lambda e: e.batch_seq == n and (mode is None or e.mode == mode)
+
+
+@pytest.mark.parametrize(
+    ("mode", "where", "hit"),
+    [
+        ("replace", "arrival", seq_is(1)),  # during the first batch of a replace
+        ("replace", "applied", seq_is(1)),  # batch 1 applied, its reply lost with the process
+        ("add", "arrival", seq_is(6)),  # mid-session
+        ("remove", "arrival", lambda e: e.last_batch_flag),  # last batch in flight
+        ("add", "applied", seq_is(4)),  # acknowledged by the API, not yet checkpointed
+    ],
+)
+async def test_sigkill_then_rerun_finishes_the_same_session(
+    fake: FakeGraph, tmp_path: Path, people: Path, mode: str, where: str, hit: Any
+) -> None:
+    if mode == "remove":  # something to remove first, in its own session
+        base = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(tmp_path / "a"))
+        assert (await Cli().run(*base)).code == 0
+    checkpoint = tmp_path / "job.sqlite"
+    args = upload_args(
+        people, fake.base_url, *ARGS, "--mode", mode, "--checkpoint", str(checkpoint)
+    )
+    cli = Cli()
+    hook = kill_when(cli, hit)
+    if where == "arrival":
+        fake.on_arrival = hook
+    else:
+        fake.on_applied = hook
+    first = await cli.run(*args)
+    assert first.code == -signal.SIGKILL
+    fake.on_arrival = fake.on_applied = None
+    first_run, acked_before = len(fake.log), recorded(checkpoint)
+
+    status = await Cli().run("status", "--checkpoint", str(checkpoint))
+    assert status.code == 0 and orjson.loads(status.stdout)["state"] == "running"
+
+    again = await Cli().run(*args)
+    assert again.code == 0, again.stderr
+    check_resumed(fake, again.report, first_run, acked_before)
+    wanted = set() if mode == "remove" else expected_rows(people)
+    assert fake.members(AUDIENCE) == wanted
+    if mode == "replace":
+        # Batch 1 started the replace once: it is never re-sent blind.
+        assert len([e for e in fake.log if e.batch_seq == 1 and e.applied]) == 1
+
+
+async def test_sigterm_saves_progress_exits_3_and_resumes(
+    fake: FakeGraph, tmp_path: Path, people: Path
+) -> None:
+    checkpoint = tmp_path / "job.sqlite"
+    args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
+    cli = Cli()
+    fake.on_arrival = kill_when(cli, seq_is(5), signal.SIGTERM)
+    first = await cli.run(*args)
+    fake.on_arrival = None
+    first_run, acked_before = len(fake.log), recorded(checkpoint)
+    assert first.code == 3, first.stderr
+    report = first.report
+    assert report["status"] == "interrupted"
+    assert report["rows_sent"] < report["rows_valid"]
+    assert not any(e.last_batch_flag for e in fake.log)
+    # Everything that was in flight finished: nothing the fake applied is unacknowledged.
+    assert all(e.outcome == "ok" for e in fake.log)
+
+    again = await Cli().run(*args)
+    assert again.code == 0, again.stderr
+    check_resumed(fake, again.report, first_run, acked_before)
+    assert fake.members(AUDIENCE) == expected_rows(people)
+    assert fake.violations == []
+    # Work done before the signal is not redone.
+    assert len(fake.log) == again.report["batches_total"]
+
+
+async def test_changed_input_is_refused_unless_restarted(
+    fake: FakeGraph, tmp_path: Path, people: Path
+) -> None:
+    checkpoint = tmp_path / "job.sqlite"
+    args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
+    cli = Cli()
+    fake.on_arrival = kill_when(cli, seq_is(3))
+    assert (await cli.run(*args)).code == -signal.SIGKILL
+    fake.on_arrival = None
+    sent_before = len(fake.log)
+    write_sample(people, ROWS, seed=12345)  # same name, other people
+
+    refused = await Cli().run(*args)
+    assert refused.code == 2
+    assert "input changed" in refused.stderr and "--restart" in refused.stderr
+    assert len(fake.log) == sent_before  # nothing sent
+    sent_before = len(fake.log)
+
+    restarted = await Cli().run(*args, "--restart")
+    assert restarted.code == 0, restarted.stderr
+    assert restarted.report["resumed"] is False
+    new_session = restarted.report["session_id"]
+    assert new_session not in {e.session_id for e in fake.log[:sent_before]}
+
+
+async def test_completed_job_runs_afresh(fake: FakeGraph, tmp_path: Path, people: Path) -> None:
+    checkpoint = tmp_path / "job.sqlite"
+    args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
+    one = await Cli().run(*args)
+    two = await Cli().run(*args)
+    assert one.code == two.code == 0
+    assert one.report["session_id"] != two.report["session_id"]
+    assert two.report["resumed"] is False and two.report["rows_sent"] == one.report["rows_sent"]
