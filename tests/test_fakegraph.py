@@ -318,7 +318,7 @@ async def test_replace_without_batch_1_is_refused(env: Env) -> None:
     status, body, _ = await env.send("replace", people("ann"), session_id=5, batch_seq=2)
     assert status == 400 and assert_graph_error(body, 2650, 1870147)
     assert env.graph.operation_status(AUD) == "Normal"
-    assert any("before batch 1 was acknowledged" in v for v in env.graph.violations)
+    assert any("before batch 1 was received" in v for v in env.graph.violations)
 
 
 async def test_replace_times_out_after_90_minutes_with_what_was_sent(env: Env) -> None:
