@@ -12,6 +12,7 @@ from .api import Uploader, upload, upload_sync
 from .errors import ApiError, ConfigError, EngineError, ErrorInfo, InputError
 from .limiter import LimiterConfig
 from .report import Progress, Report
+from .sources import Rows
 
 __all__ = [
     "ApiError",
@@ -22,6 +23,7 @@ __all__ = [
     "LimiterConfig",
     "Progress",
     "Report",
+    "Rows",
     "Uploader",
     "upload",
     "upload_sync",

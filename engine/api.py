@@ -21,7 +21,7 @@ from .limiter import LimiterConfig, LimiterRegistry
 from .pipeline import RequestHook, run_job
 from .report import ProgressFn, Report
 from .sender import RetryPolicy
-from .sources import Source, open_source
+from .sources import Source, aopen_source
 
 __all__ = ["Uploader", "upload", "upload_sync"]
 
@@ -125,9 +125,11 @@ class Uploader:
         """Upload one people list to one Custom Audience and return its report.
 
         `source` is a path (CSV, JSON Lines or Parquet, optionally .gz; "-" for stdin), an
-        iterable or async iterable of dicts or tuples, a pandas or polars DataFrame, or a
-        pyarrow Table or RecordBatchReader. `schema` lists the keys in payload order
-        (default: inferred from column names); `column_map` maps keys to columns.
+        iterable or async iterable of dicts or tuples (tuples in `schema` order, or named
+        with `Rows(data, columns)`), a pandas or polars DataFrame, or a pyarrow Table,
+        RecordBatch or RecordBatchReader. Plain iterables are read in a worker thread,
+        async ones on the event loop. `schema` lists the keys in payload order (default:
+        inferred from column names); `column_map` maps keys to columns.
 
         Raises InputError (or its subclass ConfigError) for bad usage or input, before
         anything is sent. API refusals and exhausted retries come back as a report with
@@ -181,7 +183,7 @@ class Uploader:
                     total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
                 ),
             )
-        with open_source(source, format) as opened:
+        with await aopen_source(source, format) as opened:
             return await run_job(
                 job,
                 opened,

@@ -140,6 +140,10 @@ class TransportError(EngineError):
         self.maybe_applied = maybe_applied
 
 
+class WindowClosed(EngineError):
+    """A batch was due after its session's window: it was not sent and goes in a new session."""
+
+
 class Interrupted(EngineError):
     """The job was asked to stop; what was acknowledged stays acknowledged (exit code 3)."""
 

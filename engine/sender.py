@@ -15,7 +15,7 @@ import orjson
 from .batcher import Batch
 from .checkpoint import batch_digest
 from .client import GraphClient, Mode
-from .errors import ApiError, RetriesExhausted, TransportError
+from .errors import ApiError, RetriesExhausted, TransportError, WindowClosed
 from .journal import Journal
 from .limiter import AccountLimiter, Backoff, parse_usage
 from .normalize import Schema
@@ -64,6 +64,8 @@ class Sender:
         rng: random.Random | None = None,
         on_request: Callable[[str, float], None] | None = None,
         first_unknown: bool = False,
+        window_s: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._limiter = limiter
@@ -79,6 +81,8 @@ class Sender:
         self._journal = journal
         # Batch 1 of a replace may have reached the API in an earlier run: ask before sending.
         self._first_unknown = first_unknown and mode == "replace"
+        self._window_s = window_s
+        self._clock = clock
 
     async def __call__(self, batch: Batch, last: bool) -> None:
         payload = encode_payload(self._schema, batch.rows)
@@ -94,6 +98,7 @@ class Sender:
         failures = throttles = 0
         while True:
             await self._limiter.acquire()
+            self._check_window(batch)
             started = time.monotonic()
             try:
                 reply = await self._client.upload(self._audience, self._mode, payload, session)
@@ -126,6 +131,17 @@ class Sender:
             self._limiter.on_success(parse_usage(reply.headers))
             self._acknowledged(batch, payload, reply.body, last)
             return
+
+    def _check_window(self, batch: Batch) -> None:
+        """Never send into a session past its window: Meta would discard the batch."""
+        started = self._journal.current.started_at
+        if self._window_s is None or started is None:
+            return
+        if self._clock() - started >= self._window_s:
+            raise WindowClosed(
+                f"batch {batch.seq} of session {self._session_id} was due after the "
+                f"session's {self._window_s / 60:g}-minute window"
+            )
 
     async def _replace_seen(self, batch: Batch, payload: bytes, last: bool) -> bool:
         """Whether batch 1 of this replace already arrived (then it counts as acknowledged)."""

@@ -20,7 +20,7 @@ from .batcher import Batch
 from .checkpoint import batch_digest
 from .client import GraphClient, Mode
 from .config import UploadJob, new_session_id
-from .errors import ApiError, InputError, TransportError
+from .errors import ApiError, InputError, TransportError, WindowClosed
 from .journal import Journal
 from .limiter import AccountLimiter
 from .normalize import Schema
@@ -98,6 +98,10 @@ class SendStage:
             try:
                 mode = cast(Mode, session.mode)
                 outcome = await self._coordinator(mode).run(self._feed(batches))
+            except WindowClosed as exc:
+                self._put_back(self._last_coordinator.leftovers())
+                await self._after_replace(str(exc))
+                continue
             except ApiError as exc:
                 if not (exc.replace_ended or exc.replace_retry):
                     raise
@@ -132,15 +136,22 @@ class SendStage:
             retry=ctx.retry,
             on_request=ctx.on_request,
             first_unknown=session.started_at is not None,
+            window_s=ctx.job.session_window_s,
+            clock=ctx.clock,
         )
 
     def _coordinator(self, mode: Mode) -> SessionCoordinator:
         ctx = self._ctx
         window = ctx.job.session_window_s
 
-        def cut() -> bool:
+        def cut(in_flight: int) -> bool:
+            # Close while the sends already started and the closing batch can still land
+            # in time at the rate the account is getting now.
             started = self._journal.current.started_at
-            return started is not None and ctx.clock() - started >= CUT_AT * window
+            if started is None:
+                return False
+            finish = ctx.clock() + (in_flight + 1) / ctx.limiter.rate
+            return finish - started >= CUT_AT * window
 
         self._last_coordinator = SessionCoordinator(
             self._sender(mode),

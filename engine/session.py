@@ -36,7 +36,7 @@ class SessionCoordinator:
     no new batch starts, the sends in flight finish, and the first error is raised; the
     batches not acknowledged are in `leftovers()`. When `stop` is set, the same happens and
     `Interrupted` is raised: the session stays open (no last flag) so it can be resumed.
-    When `cut()` turns true (checked before each batch starts), the session is closed
+    When `cut(in_flight)` turns true (checked before each batch starts), the session is closed
     early: the batches in flight finish, the batch due next goes out as the last, and the
     rest is handed back in the outcome's `leftovers`.
     """
@@ -48,7 +48,7 @@ class SessionCoordinator:
         concurrency: int,
         first_alone: bool,
         stop: asyncio.Event | None = None,
-        cut: Callable[[], bool] | None = None,
+        cut: Callable[[int], bool] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -56,7 +56,7 @@ class SessionCoordinator:
         self._slots = asyncio.Semaphore(concurrency)
         self._first_alone = first_alone
         self._stop = stop or asyncio.Event()
-        self._cut = cut or (lambda: False)
+        self._cut = cut or (lambda in_flight: False)
         self._failed = asyncio.Event()
         self._errors: list[Exception] = []
         self._unacked: list[Batch] = []
@@ -73,7 +73,7 @@ class SessionCoordinator:
             while (batch := await self._next(next_batch)) is not None:
                 self._unacked.append(batch)
                 if held is not None:
-                    if held.seq > 1 and self._cut():
+                    if held.seq > 1 and self._cut(len(self._inflight)):
                         await self._drain()
                         await self._send(held, True)
                         self._unacked.remove(held)

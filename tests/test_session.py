@@ -148,7 +148,7 @@ async def test_cut_closes_the_session_early_and_hands_back_the_rest() -> None:
         await send(batch, last)
 
     coordinator = SessionCoordinator(
-        counting_send, concurrency=4, first_alone=True, cut=lambda: len(started) >= 7
+        counting_send, concurrency=4, first_alone=True, cut=lambda in_flight: len(started) >= 7
     )
     outcome = await coordinator.run((await feed(20)).get)
     assert outcome.cut and outcome.last == 8

@@ -1,0 +1,262 @@
+"""The library API against the fake Graph API: every source type, sharing, progress, manners."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import engine
+from engine.errors import InputError
+from engine.fakegraph import FakeGraph
+from engine.normalize import NormalizeOptions, Schema, normalize_chunk
+from engine.readers import open_input
+from engine.sample import EIGHT_KEYS, write_sample
+from engine.sources import Rows
+
+from .checks import check_counts, check_session, expected_rows
+from .conftest import AD_ACCOUNT, APP_SECRET, AUDIENCE, TOKEN
+
+N_ROWS = 3_000
+SCHEMA = "EMAIL,PHONE,FN,LN,ZIP,CT,ST,COUNTRY"  # EIGHT_KEYS, in their order
+KINDS = ["path", "dicts", "tuples", "rows", "async", "pandas", "polars", "arrow", "reader"]
+
+
+def options(fake: FakeGraph, **more: Any) -> dict[str, Any]:
+    return {
+        "audience": AUDIENCE,
+        "ad_account": AD_ACCOUNT,
+        "api_base": fake.base_url,
+        "access_token": TOKEN,
+        "app_secret": APP_SECRET,
+        "default_country_code": "1",
+        "batch_size": 500,
+        "concurrency": 4,
+        **more,
+    }
+
+
+@pytest.fixture
+def people(tmp_path: Path) -> Path:
+    return write_sample(tmp_path / "people.csv", N_ROWS)
+
+
+def csv_rows(path: Path) -> list[tuple[str, ...]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [tuple(row) for row in list(csv.reader(f))[1:]]
+
+
+def hashed_rows(path: Path) -> list[tuple[str, ...]]:
+    """The file's valid rows as the engine hashes them: input for `prehashed=True`."""
+    with open_input(str(path)) as source:
+        schema = Schema(source.bind(None, {}))
+        options = NormalizeOptions(default_country_code="1")
+        return [
+            tuple(str(cell) for cell in row)
+            for chunk in source.chunks()
+            for row in normalize_chunk(chunk, schema, options).data
+        ]
+
+
+async def stream(dicts: list[dict[str, str]]) -> AsyncIterator[dict[str, str]]:
+    for row in dicts:
+        yield row
+
+
+def source_of(kind: str, rows: list[tuple[str, ...]], tmp_path: Path) -> tuple[Any, dict[str, Any]]:
+    """`rows` (of EIGHT_KEYS columns) as a source of the given kind, and options it needs."""
+    columns = list(EIGHT_KEYS)
+    dicts = [dict(zip(columns, row, strict=True)) for row in rows]
+    if kind == "path":
+        path = tmp_path / f"{kind}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([columns, *rows])
+        return path, {}
+    if kind == "tuples":
+        return rows, {"schema": SCHEMA}
+    table = pa.Table.from_pylist(dicts)
+    sources = {
+        "dicts": dicts,
+        "rows": Rows(iter(rows), columns=columns),
+        "async": stream(dicts),
+        "pandas": pd.DataFrame(rows, columns=columns),
+        "polars": pl.DataFrame(rows, schema=columns, orient="row"),
+        "arrow": table,
+        "reader": pa.RecordBatchReader.from_batches(table.schema, table.to_batches(700)),
+    }
+    return sources[kind], {}
+
+
+@pytest.mark.parametrize("prehashed", [False, True], ids=["raw", "prehashed"])
+@pytest.mark.parametrize("kind", KINDS)
+async def test_each_source_type_fills_the_audience_exactly(
+    fake: FakeGraph, people: Path, tmp_path: Path, kind: str, prehashed: bool
+) -> None:
+    valid = hashed_rows(people)
+    rows = valid if prehashed else csv_rows(people)
+    source, more = source_of(kind, rows, tmp_path)
+    report = await engine.upload(source, **options(fake, prehashed=prehashed, **more))
+    assert report.status == "completed", report.message
+    assert report.rows_read == len(rows)
+    assert report.rows_valid == len(valid)
+    check_counts(report.to_dict())
+    check_session(fake, report.to_dict())
+    assert fake.members(AUDIENCE) == expected_rows(people)
+
+
+async def test_pandas_numbers_hash_like_their_text(fake: FakeGraph, tmp_path: Path) -> None:
+    """int64 phones and zips that NaN turned into floats upload as the file's digits would."""
+    frame = pd.DataFrame(
+        {
+            "email": ["a@example.com", "b@example.com", None, "d@example.com"],
+            "phone": np.array([15551230001, 15551230002, 15551230003, 15551230004]),
+            "zip": [94107.0, np.nan, 2134.0, 10001.0],
+        }
+    )
+    text = tmp_path / "same.csv"
+    text.write_text(
+        "email,phone,zip\n"
+        "a@example.com,15551230001,94107\n"
+        "b@example.com,15551230002,\n"
+        ",15551230003,2134\n"
+        "d@example.com,15551230004,10001\n"
+    )
+    report = await engine.upload(frame, **options(fake))
+    assert report.status == "completed"
+    assert report.rows_sent == 4
+    assert fake.members(AUDIENCE) == expected_rows(text)
+
+
+async def test_two_uploads_share_one_uploader_and_limiter(fake: FakeGraph, people: Path) -> None:
+    other_audience = "23850000000000002"
+    few = write_sample(people.with_name("few.csv"), 1_200, seed=3)
+    requests: list[str] = []
+    own = {k: v for k, v in options(fake).items() if k not in ("api_base", "audience")}
+    async with engine.Uploader(
+        api_base=fake.base_url, on_request=lambda outcome, _s: requests.append(outcome)
+    ) as uploader:
+        limiter = uploader.limiters.get(AD_ACCOUNT)
+        first, second = await asyncio.gather(
+            uploader.upload(people, audience=AUDIENCE, **own),
+            uploader.upload(few, audience=other_audience, **own),
+        )
+        assert uploader.limiters.get(AD_ACCOUNT) is limiter  # one budget for the account
+    for report in (first, second):
+        assert report.status == "completed", report.message
+        check_counts(report.to_dict())
+        check_session(fake, report.to_dict())
+    assert first.session_id != second.session_id
+    assert fake.members(AUDIENCE) == expected_rows(people)
+    assert fake.members(other_audience) == expected_rows(few)
+    assert len(requests) == first.batches_total + second.batches_total
+    assert set(requests) == {"ok"}
+
+
+async def test_progress_events_add_up_to_the_report(fake: FakeGraph, people: Path) -> None:
+    events: list[engine.Progress] = []
+    report = await engine.upload(people, **options(fake, progress=events.append))
+    assert report.status == "completed"
+    fields = ("rows_read", "rows_rejected", "rows_sent", "batches_total", "batches_sent")
+    for name in fields:
+        series = [getattr(e, name) for e in events]
+        assert series == sorted(series), f"{name} never goes down"
+        assert series[-1] == getattr(report, name)
+    assert events[-1].rows_read - events[-1].rows_rejected == report.rows_valid
+
+
+def test_upload_sync_refuses_a_running_loop() -> None:
+    async def inside() -> None:
+        with pytest.raises(RuntimeError, match="await engine.upload"):
+            engine.upload_sync(
+                [{"email": "a@example.com"}], audience=AUDIENCE, ad_account=AD_ACCOUNT
+            )
+
+    asyncio.run(inside())
+
+
+async def test_upload_sync_from_a_plain_script(fake: FakeGraph, people: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import csv, os, sys
+        import engine
+
+        with open(sys.argv[1], newline="") as f:
+            rows = list(csv.DictReader(f))
+        report = engine.upload_sync(
+            rows,
+            audience="{AUDIENCE}",
+            ad_account="{AD_ACCOUNT}",
+            api_base=os.environ["META_API_BASE"],
+            default_country_code="1",
+            batch_size=500,
+        )
+        print(report.to_dict()["status"], report.rows_sent)
+        """
+    )
+    env = {
+        **os.environ,
+        "META_API_BASE": fake.base_url,
+        "META_ACCESS_TOKEN": TOKEN,
+        "META_APP_SECRET": APP_SECRET,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        str(people),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, err.decode()
+    status, sent = out.decode().split()
+    assert status == "completed"
+    assert int(sent) == len(expected_rows(people))
+    assert fake.members(AUDIENCE) == expected_rows(people)
+
+
+async def test_the_library_leaves_the_process_alone(
+    fake: FakeGraph, people: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No sys.exit, no signal handlers, no global logging setup: the embedding program's."""
+    exits: list[object] = []
+    monkeypatch.setattr(sys, "exit", exits.append)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    ok = await engine.upload(people, **options(fake))
+    fake.fail_next(1, 190, message="Invalid OAuth access token")
+    refused = await engine.upload(people, **options(fake))
+    with pytest.raises(InputError):
+        await engine.upload(people, **options(fake, schema="EMAIL,NOT_A_KEY"))
+
+    assert ok.status == "completed"
+    assert refused.status == "failed"
+    assert refused.error is not None and refused.error["code"] == 190
+    assert exits == []
+    assert root.handlers == handlers and root.level == level
+    assert {sig: signal.getsignal(sig) for sig in signals} == signals
+
+
+def test_reports_are_json_ready(people: Path) -> None:
+    report = engine.upload_sync(
+        people, **{"audience": AUDIENCE, "ad_account": AD_ACCOUNT}, dry_run=True
+    )
+    assert report.status == "dry_run"
+    assert orjson.loads(orjson.dumps(report.to_dict()))["rows_read"] == N_ROWS

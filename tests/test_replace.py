@@ -1,0 +1,135 @@
+"""Replace sessions against Meta's rules: batch 1 never re-sent blind, the 90-minute window
+(scaled down in the fake and the engine alike), and the add fallback for the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.fakegraph import REPLACE_WINDOW_S, FakeGraph, LogEntry
+from engine.sample import write_sample
+
+from .checks import check_counts, check_session, expected_rows
+from .conftest import AUDIENCE, run_cli, upload_args
+
+WINDOW_S = 3.0  # the scaled 90 minutes
+
+
+def entries_of(fake: FakeGraph, session_id: int) -> list[LogEntry]:
+    return [e for e in fake.log if e.session_id == session_id]
+
+
+def check_fallback(fake: FakeGraph, report: dict[str, Any]) -> None:
+    """A replace session closed with its last flag, then add sessions for the rest (more
+    than one when the rest outlasts a window too), started only once the replace was
+    over; each session's batch_seq 1..k with the last flag on k; every valid row sent in
+    exactly one acknowledged batch."""
+    check_counts(report)
+    modes = [s["mode"] for s in report["sessions"]]
+    assert modes[0] == "replace" and set(modes[1:]) == {"add"}
+    replace_id, *add_ids = (s["session_id"] for s in report["sessions"])
+    replace = entries_of(fake, replace_id)
+    applied = [e for e in replace if e.applied]
+    assert sorted(e.batch_seq or 0 for e in applied) == list(range(1, len(applied) + 1))
+    assert [e.batch_seq for e in replace if e.last_batch_flag] in ([], [len(applied)])
+    replace_end = max(e.t for e in replace)
+    rows = sum(e.rows for e in applied)
+    batches = len(applied)
+    for add_id in add_ids:
+        add = entries_of(fake, add_id)
+        oks = sorted(e.batch_seq or 0 for e in add if e.outcome == "ok")
+        assert oks == list(range(1, len(oks) + 1))
+        assert [e.batch_seq for e in add if e.last_batch_flag] in ([], [len(oks)])
+        # No /users write to the audience while its replace ran.
+        assert all(e.t >= replace_end for e in add)
+        rows += sum(e.rows for e in add if e.outcome == "ok")
+        batches += len(oks)
+    assert batches == report["batches_total"] and rows == report["rows_valid"]
+    last = entries_of(fake, add_ids[-1])
+    assert [e.last_batch_flag for e in last if e.outcome == "ok"][-1] is True
+    assert report["message"] and "add session" in report["message"]
+
+
+async def test_replace_too_slow_for_its_window_ends_with_add_fallback(
+    fake: FakeGraph, tmp_path: Path
+) -> None:
+    people = write_sample(tmp_path / "people.csv", 12_000)
+    old = write_sample(tmp_path / "old.csv", 2_000, seed=5)
+    assert (await run_cli(*upload_args(old, fake.base_url, "--batch-size", "1000"))).code == 0
+    fake.configure(time_scale=WINDOW_S / REPLACE_WINDOW_S, replace_settle_s=0.3)
+    # 2 requests/s cannot carry 30 batches through a 3-second window.
+    run = await run_cli(
+        *upload_args(people, fake.base_url, "--mode", "replace", "--batch-size", "400"),
+        "--rate",
+        "2",
+        "--session-window",
+        str(WINDOW_S),
+        "--default-country-code",
+        "1",
+    )
+    assert run.code == 0, run.stderr
+    check_fallback(fake, run.report)
+    assert fake.violations == []
+    assert fake.members(AUDIENCE) == expected_rows(people)  # the old list is gone
+
+
+async def test_replace_timed_out_by_the_api_adds_the_rest(fake: FakeGraph, tmp_path: Path) -> None:
+    # The engine believes it has the full window; the API cuts the replace off early.
+    people = write_sample(tmp_path / "people.csv", 12_000)
+    fake.configure(time_scale=WINDOW_S / REPLACE_WINDOW_S, replace_settle_s=0.2)
+    run = await run_cli(
+        *upload_args(people, fake.base_url, "--mode", "replace", "--batch-size", "400"),
+        "--rate",
+        "2",
+        "--concurrency",
+        "2",
+        "--default-country-code",
+        "1",
+    )
+    assert run.code == 0, run.stderr
+    check_fallback(fake, run.report)
+    timed_out = [e for e in fake.log if e.outcome.endswith("/1870158")]
+    assert timed_out, "the API's time-out was met and handled"
+    assert fake.members(AUDIENCE) == expected_rows(people)
+
+
+async def test_lost_reply_to_batch_one_does_not_start_a_second_replace(
+    fake: FakeGraph, tmp_path: Path
+) -> None:
+    people = write_sample(tmp_path / "people.csv", 5_000)
+    lost = False
+
+    def lose_first_reply(entry: LogEntry) -> bool:
+        nonlocal lost
+        if entry.batch_seq == 1 and not lost:
+            lost = True
+            return False
+        return True
+
+    fake.on_applied = lose_first_reply
+    run = await run_cli(
+        *upload_args(people, fake.base_url, "--mode", "replace", "--batch-size", "1000"),
+        "--concurrency",
+        "4",
+        "--default-country-code",
+        "1",
+    )
+    assert run.code == 0, run.stderr
+    assert lost
+    first = [e for e in fake.log if e.batch_seq == 1]
+    assert len(first) == 1 and first[0].outcome == "dropped_after"
+    assert fake.violations == []
+    assert fake.members(AUDIENCE) == expected_rows(people)
+    assert run.report["rows_sent"] == run.report["rows_valid"]
+
+
+async def test_replace_in_one_window_keeps_one_session(fake: FakeGraph, tmp_path: Path) -> None:
+    people = write_sample(tmp_path / "people.csv", 6_000)
+    run = await run_cli(
+        *upload_args(people, fake.base_url, "--mode", "replace", "--batch-size", "1000"),
+        "--default-country-code",
+        "1",
+    )
+    assert run.code == 0, run.stderr
+    assert [s["mode"] for s in run.report["sessions"]] == ["replace"]
+    check_session(fake, run.report, replace=True)
