@@ -91,14 +91,19 @@ class Sender:
             "batch_seq": batch.seq,
             "last_batch_flag": last,
         }
-        if batch.seq == 1:
-            self._journal.started()
-            if self._first_unknown and await self._replace_seen(batch, payload, last):
-                return
+        if (
+            batch.seq == 1
+            and self._first_unknown
+            and await self._replace_seen(batch, payload, last)
+        ):
+            return
         failures = throttles = 0
         while True:
             await self._limiter.acquire()
-            self._check_window(batch)
+            if batch.seq == 1:
+                self._journal.started()  # the window opens as batch 1 goes out
+            else:
+                self._check_window(batch)
             started = time.monotonic()
             try:
                 reply = await self._client.upload(self._audience, self._mode, payload, session)

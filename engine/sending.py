@@ -100,7 +100,9 @@ class SendStage:
                 outcome = await self._coordinator(mode).run(self._feed(batches))
             except WindowClosed as exc:
                 self._put_back(self._last_coordinator.leftovers())
-                await self._after_replace(str(exc))
+                if mode == "replace":
+                    await self._until_replace_done()
+                self._next_session(str(exc))
                 continue
             except ApiError as exc:
                 if not (exc.replace_ended or exc.replace_retry):

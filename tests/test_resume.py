@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -229,3 +230,34 @@ async def test_completed_job_runs_afresh(fake: FakeGraph, tmp_path: Path, people
     assert one.code == two.code == 0
     assert one.report["session_id"] != two.report["session_id"]
     assert two.report["resumed"] is False and two.report["rows_sent"] == one.report["rows_sent"]
+
+
+async def test_resume_past_the_session_window_starts_a_new_session(
+    fake: FakeGraph, tmp_path: Path, people: Path
+) -> None:
+    checkpoint = tmp_path / "job.sqlite"
+    args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
+    cli = Cli()
+    fake.on_arrival = kill_when(cli, seq_is(5))
+    assert (await cli.run(*args)).code == -signal.SIGKILL
+    fake.on_arrival = None
+    acked_before = recorded(checkpoint)
+    old_session = fake.log[0].session_id
+
+    # Two hours later, Meta has long closed that session (its window is 90 minutes).
+    with sqlite3.connect(checkpoint) as db:
+        db.execute("UPDATE session SET started_at = started_at - 7200")
+    again = await Cli().run(*args)
+    assert again.code == 0, again.stderr
+    report = again.report
+    check_counts(report)
+    assert report["session_id"] == old_session and report["resumed"] is True
+    assert [s["mode"] for s in report["sessions"]] == ["add", "add"]
+    new_session = report["sessions"][1]["session_id"]
+    assert "window" in report["message"] and str(new_session) in report["message"]
+    new = [e for e in fake.log if e.session_id == new_session]
+    assert all(e.outcome == "ok" for e in new)
+    assert sorted(e.batch_seq or 0 for e in new) == list(range(1, len(new) + 1))
+    assert len(new) + len(acked_before) == report["batches_total"]
+    assert [e.batch_seq for e in new if e.last_batch_flag] == [len(new)]
+    assert fake.members(AUDIENCE) == expected_rows(people)
