@@ -77,6 +77,7 @@ class ErrorInfo:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The report's `error` object (SPEC section 7)."""
         return {
             "code": self.code,
             "subcode": self.subcode,
@@ -99,6 +100,7 @@ class ApiError(EngineError):
 
     @property
     def is_throttle(self) -> bool:
+        """A rate-limit answer: the whole ad account pauses (SPEC section 3)."""
         return self.info.code in THROTTLE_CODES
 
     @property

@@ -45,6 +45,7 @@ class Report:
     resumed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON report, as plain data."""
         return asdict(self)
 
 
