@@ -257,9 +257,10 @@ def _bad(message: str) -> _Fail:
 
 @dataclass
 class _Scripted:
-    """A queued `fail_next` answer; `match` limits it to one audience id or one mode."""
+    """A queued `fail_next` answer; `match` limits it to one audience id or one mode.
+    `fail` None lets the request through: it counts down `fail_next(after=...)`."""
 
-    fail: _Fail
+    fail: _Fail | None
     match: str | None
 
 
@@ -498,9 +499,12 @@ class FakeGraph:
         user_msg: str | None = None,
         match: str | None = None,
         is_transient: bool | None = None,
+        after: int = 0,
     ) -> None:
         """The next `n` upload requests (for audience id or mode `match`, when given)
-        answer this error without being applied. `is_transient` defaults by code."""
+        answer this error without being applied, once `after` more of them have passed
+        (so a test can fail a job midway without watching it). `is_transient` defaults
+        by code."""
         fail = _Fail(
             code,
             message,
@@ -510,6 +514,7 @@ class FakeGraph:
             user_msg=user_msg,
             is_transient=is_transient,
         )
+        self._scripted += [_Scripted(None, match) for _ in range(after)]
         self._scripted += [_Scripted(fail, match) for _ in range(n)]
 
     def hang_next(self, n: int, seconds: float) -> None:
@@ -772,7 +777,9 @@ class FakeGraph:
         for i, scripted in enumerate(self._scripted):
             if scripted.match in (None, up.audience_id, up.mode):
                 del self._scripted[i]
-                raise scripted.fail
+                if scripted.fail is not None:
+                    raise scripted.fail
+                return
 
     def _apply(
         self, up: _Upload, aud: _Audience, entry: LogEntry

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
-from aiolimiter import AsyncLimiter
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,7 @@ class Clock(Protocol):
 class LoopClock:
     """The running event loop's clock: `loop.time()` and `asyncio.sleep`.
 
-    This is the clock aiolimiter itself reads, so pauses and the bucket agree; under
-    `looptime` both run on virtual time. Outside a running loop it falls back to
+    Under `looptime` it runs on virtual time. Outside a running loop it falls back to
     `time.monotonic()`, which is what the default loops use.
     """
 
@@ -59,9 +57,7 @@ class FakeClock:
     """A virtual clock for tests: `sleep(s)` moves `monotonic()` forward by `s` at once.
 
     It still yields to the event loop (`asyncio.sleep(0)`) so other tasks run, and it is
-    deterministic. Note that aiolimiter's bucket always reads the loop's clock, so an
-    `AccountLimiter` on a FakeClock has virtual pauses but real-time pacing; to test pacing,
-    run on `LoopClock` under `looptime` instead.
+    deterministic: an `AccountLimiter` on it paces and pauses on virtual time.
     """
 
     def __init__(self, start: float = 0.0) -> None:
@@ -193,11 +189,14 @@ class LimiterConfig:
     back by the usage headers (`slow_pct`, `stop_pct`) and by 80003 pauses rather than by
     a guess here. Raise `rate` for Full-tier accounts running many jobs at once.
 
-    `increase` is added to the current rate per success: after a halving from 10/s it takes
+    `increase` is added to the AIMD rate per success: after a halving from 10/s it takes
     100 successes to recover. Above `slow_pct` usage the rate is capped in proportion,
-    from `rate` at `slow_pct` down to `min_rate` at `stop_pct`; above `stop_pct` the account
-    also pauses for `stop_pause_s` (or the regain estimate, if longer). Throttles pause for
-    `estimated_time_to_regain_access` capped at `max_throttle_wait_s`, else for `backoff`.
+    from `rate` at `slow_pct` down to `min_rate` at `stop_pct`. Above `stop_pct` the bucket
+    is emptied (the next request is a probe, one `min_rate` interval later) and the AIMD rate
+    decreases as for a throttle, so that once usage falls the account resumes slower rather
+    than running into the same wall; a regain estimate, if given, pauses the account. Throttles
+    pause for `estimated_time_to_regain_access` capped at `max_throttle_wait_s`, else for
+    `backoff`.
     """
 
     rate: float = 10.0
@@ -208,7 +207,6 @@ class LimiterConfig:
     slow_pct: float = 75.0
     stop_pct: float = 95.0
     max_throttle_wait_s: float = 300.0
-    stop_pause_s: float = 10.0
     backoff: Backoff = field(default_factory=Backoff)
 
     def __post_init__(self) -> None:
@@ -218,24 +216,20 @@ class LimiterConfig:
             raise ValueError("burst must be at least 1")
         if not 0 < self.decrease < 1:
             raise ValueError("decrease must be between 0 and 1")
-        if self.increase < 0 or self.max_throttle_wait_s < 0 or self.stop_pause_s < 0:
-            raise ValueError("increase and waits must not be negative")
+        if self.increase < 0 or self.max_throttle_wait_s < 0:
+            raise ValueError("increase and max_throttle_wait_s must not be negative")
         if not self.slow_pct < self.stop_pct:
             raise ValueError("slow_pct must be below stop_pct")
 
 
 # When the calling task was last let through, per limiter. The sender acquires and reports
-# the outcome in one task, so on_throttle can tell a reply to a request sent before the
-# current throttle episode began (which must not count as a new throttle) from a fresh one.
+# the outcome in one task, so a reply to a request sent before the current slow-down episode
+# began (which must not count as a new one) can be told from a fresh one.
 _GRANT: ContextVar[tuple[AccountLimiter, float] | None] = ContextVar("limiter_grant", default=None)
-
-# Rebuild the bucket when the rate has grown by this factor (or reached its top).
-_STEP_UP = 1.25
 
 
 class AccountLimiter:
-    """Token bucket for one ad account, built on aiolimiter.AsyncLimiter, with AIMD and
-    account-wide pauses.
+    """Token bucket for one ad account on an injectable clock, with AIMD and account-wide pauses.
 
     `acquire()` returns once no pause is in force and the bucket has a token at the current
     rate; every sender of the account calls it before every attempt, so a pause stops them
@@ -244,6 +238,12 @@ class AccountLimiter:
     episode already under way (they arrive during its pause, or answer requests sent before
     it began) only extend the pause to the later end: they neither stack pauses nor decrease
     the rate again.
+
+    The bucket holds up to `burst` tokens at full rate (fewer in proportion at a lower rate,
+    so a burst never lasts longer than at full speed) and none during a pause: an account
+    resumes one interval after the pause, never with a saved-up burst. Waiters queue in
+    order, and the one at the head re-reads the rate and the pause whenever either changes,
+    so a rate that rises again takes effect at once rather than after a slow interval.
     """
 
     def __init__(
@@ -255,21 +255,20 @@ class AccountLimiter:
         self.config = config or LimiterConfig()
         self._clock: Clock = clock or LoopClock()
         self._rng = rng or random.Random()
-        # The allowed rate is the AIMD rate (errors) capped by the usage ceiling (headers);
-        # kept apart so that usage falling again lifts the cap at once.
+        # The allowed rate is the AIMD rate (errors, near-limit usage) capped by the usage
+        # ceiling (latest headers); kept apart so that usage falling again lifts the cap at once.
         self._aimd = self.config.rate
-        self._ceiling = self.config.rate  # from the latest usage figures
+        self._ceiling = self.config.rate
         self._pause_until = -math.inf
-        self._episode_start = -math.inf  # first throttle of the latest episode
+        self._episode_start = -math.inf  # first signal of the latest slow-down episode
         self._streak = 0  # throttle episodes since the last success
         self._throttles = 0
-        # aiolimiter fixes its rate at construction (`_rate_per_sec` is private and derived in
-        # __init__), so a rate change builds a new AsyncLimiter rather than poking its
-        # internals. A new bucket starts full, so a rebuild never hands out a fresh burst;
-        # increases rebuild only in steps of _STEP_UP, so a climbing rate costs a handful of
-        # rebuilds rather than one per success.
-        self._bucket: AsyncLimiter | None = None
-        self._bucket_rate = 0.0
+        self._tokens = float(self.config.burst)
+        # When _tokens was last brought up to date; not read from the clock here, as a
+        # LoopClock outside a running loop reads another clock than the loop will.
+        self._stamp = -math.inf
+        self._queue = asyncio.Lock()  # FIFO: only the head waiter watches the bucket
+        self._changed = asyncio.Event()  # set (and replaced) when the rate or pause changes
 
     @property
     def rate(self) -> float:
@@ -289,46 +288,50 @@ class AccountLimiter:
 
     async def acquire(self) -> None:
         """Wait until no pause is in force and a token is available at the current rate."""
-        while True:
-            while (left := self._pause_until - self._clock.monotonic()) > 0:
-                await self._clock.sleep(left)
-            bucket = await self._current_bucket()
-            await bucket.acquire()
-            # A pause or a slower rate may have begun while this task queued; a token from
-            # a replaced bucket does not count either, or two buckets would pace in parallel.
-            now = self._clock.monotonic()
-            if (
-                now < self._pause_until
-                or bucket is not self._bucket
-                or self.rate < self._bucket_rate
-            ):
-                continue
-            _GRANT.set((self, now))
-            return
+        async with self._queue:
+            while True:
+                now = self._clock.monotonic()
+                if now < self._pause_until:
+                    await self._wait(self._pause_until - now)
+                    continue
+                self._refill(now)
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    _GRANT.set((self, now))
+                    return
+                await self._wait((1.0 - self._tokens) / self.rate)
 
     def on_success(self, usage: Usage | None) -> None:
-        """Raise the rate additively; apply the usage cap; pause above `stop_pct`."""
+        """Raise the rate additively; apply the usage cap; above `stop_pct`, slow down."""
         cfg = self.config
-        if self._fresh():
+        self._refill(self._clock.monotonic())
+        fresh = self._fresh()
+        if fresh:
             self._streak = 0
+        if usage is not None and usage.pct >= cfg.stop_pct:
+            # One step short of a throttle: no more burst, and the AIMD rate comes down once
+            # per episode, as for a throttle, but without a pause unless Meta names one.
+            if fresh:
+                self._decrease()
+            self._tokens = 0.0
+            if usage.regain_s:
+                self._extend_pause(min(usage.regain_s, cfg.max_throttle_wait_s))
+            log.info("ad account usage at %.0f%%, slowing to %.2f/s", usage.pct, self.rate)
+        else:
+            self._aimd = min(cfg.rate, self._aimd + cfg.increase)
         if usage is not None:
             self._ceiling = self._ceiling_for(usage.pct)
-        self._aimd = min(cfg.rate, self._aimd + cfg.increase)
-        if usage is not None and usage.pct > cfg.stop_pct:
-            wait = max(cfg.stop_pause_s, min(usage.regain_s or 0.0, cfg.max_throttle_wait_s))
-            self._extend_pause(wait)
-            log.info("ad account usage at %.0f%%, pausing %.1fs", usage.pct, wait)
+        self._changed_now()
 
     def on_throttle(self, usage: Usage | None) -> float:
         """Decrease the rate and pause the account; return the seconds left of the pause."""
         cfg = self.config
         now = self._clock.monotonic()
+        self._refill(now)
         self._throttles += 1
         if now >= self._pause_until and self._fresh():
-            # A new episode: the first throttle of a request sent after the last one began.
-            self._episode_start = now
             self._streak += 1
-            self._aimd = max(cfg.min_rate, self.rate * cfg.decrease)
+            self._decrease()
         if usage is not None:
             self._ceiling = self._ceiling_for(usage.pct)
         if usage is not None and usage.regain_s:
@@ -336,7 +339,15 @@ class AccountLimiter:
         else:
             wait = cfg.backoff.delay(max(self._streak - 1, 0), self._rng)
         self._extend_pause(wait)
+        self._changed_now()
         return self._pause_until - now
+
+    def _decrease(self) -> None:
+        """Start a new slow-down episode: the multiplicative decrease of AIMD."""
+        self._episode_start = self._clock.monotonic()
+        self._aimd = max(
+            self.config.min_rate, min(self._aimd, self.config.rate) * self.config.decrease
+        )
 
     def _fresh(self) -> bool:
         """Whether the calling task's last request was sent after the latest episode began."""
@@ -347,6 +358,31 @@ class AccountLimiter:
 
     def _extend_pause(self, seconds: float) -> None:
         self._pause_until = max(self._pause_until, self._clock.monotonic() + seconds)
+        # Nothing accrues during a pause: the account resumes one interval after it ends.
+        self._tokens = 0.0
+        self._stamp = max(self._stamp, self._pause_until)
+
+    def _refill(self, now: float) -> None:
+        """Credit the tokens earned since the last update, at the rate in force then."""
+        if now > self._stamp:
+            capacity = max(1.0, self.config.burst * self.rate / self.config.rate)
+            self._tokens = min(capacity, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+
+    def _changed_now(self) -> None:
+        """Wake the head waiter to re-read the rate and the pause."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep on the clock for `seconds`, or less if the rate or the pause changes."""
+        sleep = asyncio.ensure_future(self._clock.sleep(seconds))
+        change = asyncio.ensure_future(self._changed.wait())
+        try:
+            await asyncio.wait({sleep, change}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            change.cancel()
 
     def _ceiling_for(self, pct: float) -> float:
         cfg = self.config
@@ -354,21 +390,6 @@ class AccountLimiter:
             return cfg.rate
         share = (cfg.stop_pct - pct) / (cfg.stop_pct - cfg.slow_pct)
         return max(cfg.min_rate, cfg.rate * share)
-
-    async def _current_bucket(self) -> AsyncLimiter:
-        rate, top = self.rate, min(self.config.rate, self._ceiling)
-        bucket = self._bucket
-        if bucket is not None and (
-            self._bucket_rate <= rate < self._bucket_rate * _STEP_UP
-            and not (rate > self._bucket_rate and rate >= top)
-        ):
-            return bucket
-        burst = self.config.burst
-        new = AsyncLimiter(burst, burst / rate)
-        if bucket is not None:
-            await new.acquire(burst)  # start full; returns at once on an empty bucket
-        self._bucket, self._bucket_rate = new, rate
-        return new
 
 
 class LimiterRegistry:

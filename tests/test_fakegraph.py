@@ -441,6 +441,33 @@ async def test_dropped_connections_really_drop_and_half_are_applied(env: Env) ->
     assert (await env.send("add", batches[0], batch_seq=1))[0] == 200
 
 
+async def test_a_batch_resent_after_a_lost_reply_counts_once(env: Env) -> None:
+    env.graph.configure(drop_rate=1.0)
+    rows = people("ann", "bob")
+    for _ in range(10):  # seeded: the first "applied, then dropped" comes within a few
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await env.send("add", rows, batch_seq=1)
+        if env.graph.log[-1].outcome == "dropped_after":
+            break
+    assert env.graph.log[-1].outcome == "dropped_after"
+    env.graph.configure(drop_rate=0.0)
+    status, body, _ = await env.send("add", rows, batch_seq=1)
+    assert status == 200 and body["num_received"] == 2
+    status, body, _ = await env.send("add", people("cy"), batch_seq=2, last=True)
+    assert status == 200 and body["num_received"] == 3
+    sess = env.graph.session(AUD, 7)
+    assert sess is not None and sess.num_received == 3 and sess.acked == {1, 2}
+    assert env.graph.members(AUD) == as_members(rows + people("cy"))
+    assert env.graph.violations == []  # a re-send after a failed attempt is allowed
+    # Re-sending a batch that was acknowledged is what the fake must flag.
+    await env.send("add", rows, session_id=8, batch_seq=1)
+    await env.send("add", rows, session_id=8, batch_seq=1)
+    again = env.graph.session(AUD, 8)
+    assert again is not None and again.num_received == 2
+    (violation,) = env.graph.violations
+    assert "re-sent after it was acknowledged" in violation
+
+
 async def test_error_rate_answers_500_without_applying(env: Env) -> None:
     env.graph.configure(error_rate=1.0)
     status, body, _ = await env.send("add", people("ann"))
@@ -471,6 +498,14 @@ async def test_fail_next_scripts_errors_for_matching_requests(env: Env) -> None:
     assert (await env.send("remove", people("ann"), session_id=2))[0] == 200
     assert env.graph.members(AUD) == set()
     assert [e.outcome for e in env.graph.log] == ["error:368", "ok", "error:100/1713230", "ok"]
+
+
+async def test_fail_next_after_lets_requests_through_first(env: Env) -> None:
+    env.graph.fail_next(1, code=100, subcode=1713230, after=2, match="add")
+    statuses = [(await env.send("add", people("ann"), batch_seq=i))[0] for i in (1, 2, 3)]
+    assert statuses == [200, 200, 400]
+    assert (await env.send("add", people("ann"), batch_seq=3))[0] == 200
+    assert [e.outcome for e in env.graph.log][2] == "error:100/1713230"
 
 
 async def test_hang_next_outlasts_a_client_timeout() -> None:

@@ -1,8 +1,7 @@
 """The per-account limiter: exact timings on virtual loop time (looptime), no real sleeps.
 
-Rates here are powers of two (intervals exact in binary floating point): looptime quantizes
-loop time to 1e-6 s, and an aiolimiter wake-up that float rounding puts a hair before "now"
-would then spin without virtual time advancing.
+Rates here are powers of two, so intervals are exact in binary floating point and the
+expected times compare exactly (looptime also quantizes loop time to 1e-6 s).
 """
 
 from __future__ import annotations
@@ -254,16 +253,63 @@ async def test_usage_above_slow_pct_scales_the_rate_down() -> None:
 
 
 @looptime
-async def test_usage_above_stop_pct_pauses_before_the_next_request() -> None:
-    config = LimiterConfig(rate=8.0, min_rate=0.25, stop_pause_s=10.0)
+async def test_usage_at_stop_pct_empties_the_bucket_and_decreases_once() -> None:
+    config = LimiterConfig(rate=8.0, min_rate=0.25, increase=0.5)
     limiter = AccountLimiter(config)
-    await limiter.acquire()
+    await limiter.acquire()  # the bucket still holds 9 tokens
     limiter.on_success(Usage(pct=97.0))
     assert limiter.rate == config.min_rate
-    assert limiter.throttles == 0
+    assert limiter.throttles == 0 and limiter.paused_for == 0.0
+    # Another reply to a request sent before that reading is the same episode.
+    limiter.on_success(Usage(pct=99.0))
+    # No saved burst: the next request is a probe one min_rate interval later.
     await limiter.acquire()
-    assert now() >= 10.0
-    assert now() == pytest.approx(10.0 + 1 / config.min_rate)
+    assert now() == 4.0
+    limiter.on_success(Usage(pct=40.0))  # usage fell: the cap lifts, AIMD stays halved
+    assert limiter.rate == 4.0 + config.increase
+
+
+@looptime
+async def test_usage_at_stop_pct_with_a_regain_estimate_pauses() -> None:
+    limiter = AccountLimiter(LimiterConfig(rate=8.0, min_rate=0.25, max_throttle_wait_s=30.0))
+    await limiter.acquire()
+    limiter.on_success(Usage(pct=100.0, regain_s=120.0))
+    assert limiter.paused_for == 30.0
+    await limiter.acquire()
+    assert now() == 34.0
+
+
+@looptime
+async def test_a_rate_that_rises_again_releases_queued_waiters_at_once() -> None:
+    config = LimiterConfig(rate=8.0, burst=1, min_rate=0.25, increase=0.0)
+    limiter = AccountLimiter(config)
+    await limiter.acquire()
+    limiter.on_success(Usage(pct=95.0))  # down to 0.25/s: the next token is 4 s away
+    waiters = asyncio.create_task(pass_times(limiter, 3))
+    await asyncio.sleep(1.0)  # a quarter token earned at 0.25/s
+    limiter.on_success(Usage(pct=10.0))  # up to 4/s (AIMD halved): no waiting out 4 s
+    assert await waiters == [1.1875, 1.4375, 1.6875]
+
+
+@looptime
+async def test_the_burst_shrinks_with_the_rate() -> None:
+    limiter = AccountLimiter(LimiterConfig(rate=8.0, burst=8, slow_pct=75.0, stop_pct=95.0))
+    limiter.on_success(Usage(pct=90.0))  # capped at 2/s: a burst of 2, not 8
+    await asyncio.sleep(60)
+    assert await pass_times(limiter, 4) == [60.0, 60.0, 60.5, 61.0]
+
+
+async def test_pacing_runs_on_an_injected_clock() -> None:
+    clock = FakeClock(100.0)
+    limiter = AccountLimiter(LimiterConfig(rate=2.0, burst=2), clock=clock)
+    times = []
+    for _ in range(5):
+        await limiter.acquire()
+        times.append(clock.monotonic())
+    assert times == [100.0, 100.0, 100.5, 101.0, 101.5]
+    limiter.on_throttle(regain(30.0))
+    await limiter.acquire()
+    assert clock.monotonic() == 131.5 + 1.0  # after the pause, one interval at 1/s
 
 
 # --- clocks and registry ----------------------------------------------------------------
@@ -385,3 +431,28 @@ def test_parse_usage_keeps_good_fields_of_a_partly_bad_entry() -> None:
         ' "estimated_time_to_regain_access": "soon"}]}'
     )
     assert parse_usage({"X-Business-Use-Case-Usage": buc}) == Usage(pct=61.5, regain_s=None)
+
+
+@pytest.mark.parametrize(
+    "header", ["X-Business-Use-Case-Usage", "X-Ad-Account-Usage", "X-App-Usage"]
+)
+@pytest.mark.parametrize("value", ["", "not json", "{", "[1, 2]", "null", "42", '"97"'])
+def test_parse_usage_ignores_any_malformed_header_with_a_debug_log(
+    header: str, value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="engine.limiter")
+    assert parse_usage({header: value}) is None
+    (record,) = caplog.records
+    assert record.levelno == logging.DEBUG and header in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("X-Ad-Account-Usage", '{"acc_id_util_pct": "high", "reset_time_duration": 100}'),
+        ("X-App-Usage", '{"call_count": null, "total_time": [1], "total_cputime": NaN}'),
+        ("X-App-Usage", '{"call_count": 1e999}'),
+    ],
+)
+def test_parse_usage_skips_fields_that_are_not_numbers(header: str, value: str) -> None:
+    assert parse_usage({header: value}) is None

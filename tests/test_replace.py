@@ -53,11 +53,11 @@ def check_fallback(fake: FakeGraph, report: dict[str, Any]) -> None:
 async def test_replace_too_slow_for_its_window_ends_with_add_fallback(
     fake: FakeGraph, tmp_path: Path
 ) -> None:
-    people = write_sample(tmp_path / "people.csv", 12_000)
+    people = write_sample(tmp_path / "people.csv", 6_000)
     old = write_sample(tmp_path / "old.csv", 2_000, seed=5)
     assert (await run_cli(*upload_args(old, fake.base_url, "--batch-size", "1000"))).code == 0
     fake.configure(time_scale=WINDOW_S / REPLACE_WINDOW_S, replace_settle_s=0.3)
-    # 2 requests/s cannot carry 30 batches through a 3-second window.
+    # 2 requests/s cannot carry 15 batches through a 3-second window.
     run = await run_cli(
         *upload_args(people, fake.base_url, "--mode", "replace", "--batch-size", "400"),
         "--rate",
@@ -75,7 +75,7 @@ async def test_replace_too_slow_for_its_window_ends_with_add_fallback(
 
 async def test_replace_timed_out_by_the_api_adds_the_rest(fake: FakeGraph, tmp_path: Path) -> None:
     # The engine believes it has the full window; the API cuts the replace off early.
-    people = write_sample(tmp_path / "people.csv", 12_000)
+    people = write_sample(tmp_path / "people.csv", 6_000)
     fake.configure(time_scale=WINDOW_S / REPLACE_WINDOW_S, replace_settle_s=0.2)
     run = await run_cli(
         *upload_args(people, fake.base_url, "--mode", "replace", "--batch-size", "400"),
