@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="Meta's session window in seconds (default 5400; for fakes with a time scale)",
     )
     up.add_argument("--max-retries", type=int, help="retries of a transient failure (default 8)")
+    up.add_argument(
+        "--connect-timeout",
+        dest="connect_timeout_s",
+        type=float,
+        help="seconds to connect (default 10)",
+    )
+    up.add_argument(
+        "--read-timeout",
+        dest="read_timeout_s",
+        type=float,
+        help="seconds to wait for any reply data before retrying (default 120)",
+    )
     up.add_argument("--rate", type=float, help="requests/s per ad account at full speed")
     up.add_argument("--max-throttle-wait", type=float, help="longest pause on a throttle (s)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
