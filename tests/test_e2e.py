@@ -227,3 +227,11 @@ async def test_secrets_never_appear_in_any_output(
     assert TOKEN not in blob and APP_SECRET not in blob
     assert "@example" not in blob  # and no raw identifiers either
     assert AD_ACCOUNT in blob
+
+
+async def test_read_timeout_option_rescues_a_hung_request(fake: FakeGraph, people: Path) -> None:
+    fake.hang_next(1, 60)
+    run = await run_cli(*upload_args(people, fake.base_url, "--read-timeout", "0.5"))
+    assert run.code == 0, run.stderr
+    assert run.report["retries"] == 1
+    check_counts(run.report)
