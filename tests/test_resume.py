@@ -261,3 +261,52 @@ async def test_resume_past_the_session_window_starts_a_new_session(
     assert len(new) + len(acked_before) == report["batches_total"]
     assert [e.batch_seq for e in new if e.last_batch_flag] == [len(new)]
     assert fake.members(AUDIENCE) == expected_rows(people)
+
+
+async def test_second_signal_stops_at_once_and_the_job_still_resumes(
+    fake: FakeGraph, tmp_path: Path, people: Path
+) -> None:
+    checkpoint = tmp_path / "job.sqlite"
+    args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
+    cli = Cli()
+    signals = 0
+
+    def twice(entry: LogEntry) -> bool:
+        # The first SIGTERM as batch 5 arrives, whose connection then drops; the second as
+        # its retry arrives, so the engine has surely handled the first (two signals sent
+        # back to back may merge into one).
+        nonlocal signals
+        if entry.batch_seq == 5 and signals < 2:
+            signals += 1
+            cli.signal(signal.SIGTERM)
+            return False
+        return True
+
+    fake.on_arrival = twice
+    first = await cli.run(*args)
+    fake.on_arrival = None
+    assert first.code == 3, first.stderr
+    assert "stopped at once" in first.stderr and str(checkpoint) in first.stderr
+    first_run, acked_before = len(fake.log), recorded(checkpoint)
+    again = await Cli().run(*args)
+    assert again.code == 0, again.stderr
+    check_resumed(fake, again.report, first_run, acked_before)
+    assert fake.members(AUDIENCE) == expected_rows(people)
+
+
+async def test_checkpoint_holds_no_secret_and_no_identifier(
+    fake: FakeGraph, tmp_path: Path, people: Path
+) -> None:
+    checkpoint = tmp_path / "job.sqlite"
+    args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
+    cli = Cli()
+    fake.on_arrival = kill_when(cli, seq_is(6))
+    assert (await cli.run(*args)).code == -signal.SIGKILL
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("job.sqlite*"))
+    assert TOKEN.encode() not in stored and APP_SECRET.encode() not in stored
+    lines = people.read_text().splitlines()[1:]
+    # Emails and names: long enough that a chance match in hex digests is impossible.
+    cells = {cell.strip() for line in lines for cell in line.split(",")}
+    values = {c for c in cells if "@" in c or (c.isalpha() and len(c) >= 6)}
+    assert len(values) > 100
+    assert not [v for v in values if v.encode() in stored]
