@@ -25,7 +25,7 @@ def ensure_venv() -> None:
     if not PYTHON.exists():
         venv.create(VENV, with_pip=True)
     pip = [str(PYTHON), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-e", f"{ROOT}[test,dev]"], check=True)
+    subprocess.run([*pip, "-e", f"{ROOT}[test,dev,bench]"], check=True)
     STAMP.touch()
 
 

@@ -496,3 +496,30 @@ def test_every_row_ends_up_exactly_once(
         assert len(row) == len(keys)
         assert EMPTY_SHA not in row
         assert any(c != "" for k, c in zip(keys, row, strict=True) if k != "LOOKALIKE_VALUE")
+
+
+email_like = st.one_of(
+    st.text(alphabet="ab.@ \tZé\u00a0-+", max_size=12),
+    st.builds("  {}@{}.com ".format, st.text("abXy.", min_size=1, max_size=5), st.just("ex")),
+    st.sampled_from(["", "a@b.com", "a@@b.com", "a@.b.com", "a@b.com.", "@b.com", DIGEST]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cells=st.lists(st.tuples(email_like, st.sampled_from(["", "Zoë", "n/a"])), max_size=40))
+def test_column_checks_agree_with_the_per_value_rules(cells: list[tuple[str, str]]) -> None:
+    # normalize_chunk validates EMAIL with whole-column checks; each cell must still come
+    # out as normalize_value + hash_value would make it, and every row be placed once.
+    chunk = RawChunk(list(range(1, len(cells) + 1)), cells)
+    out = normalize_chunk(chunk, Schema.parse("EMAIL,FN"), NormalizeOptions())
+    sent = dict(zip(out.row_numbers, out.data, strict=True))
+    for row, (email, fn) in enumerate(cells, 1):
+        expected = []
+        for key, raw in (("EMAIL", email), ("FN", fn)):
+            value = normalize_value(key, raw)
+            expected.append("" if not value else value if len(value) == 64 else hash_value(value))
+        if any(expected):
+            assert sent[row] == expected
+        else:
+            assert row not in sent
+    assert len(sent) + len(out.rejects) == len(cells)

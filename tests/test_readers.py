@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine import readers
 from engine.errors import InputError
 from engine.readers import MAX_FIELD, open_input
 from engine.rows import RawChunk
@@ -460,3 +461,55 @@ def test_every_record_of_raw_garbage_counted_once(tmp_path: Path, body: bytes) -
     records = len(list(csv.reader(io.StringIO(text, newline="")))) - 1
     numbers = [n for c in chunks for n in [*c.row_numbers, *(r.row for r in c.rejects)]]
     assert sorted(numbers) == list(range(1, records + 1))
+
+
+PLAIN_CELL = st.text(alphabet="ab@.é -;\t", max_size=5)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    table=st.lists(st.lists(PLAIN_CELL, min_size=1, max_size=4), max_size=30),
+    crlf=st.booleans(),
+    block=st.sampled_from([1, 7, 64, 1 << 20]),
+    chunk_rows=st.integers(1, 7),
+)
+def test_split_path_reads_as_csv_reader_does(
+    tmp_path: Path, table: list[list[str]], crlf: bool, block: int, chunk_rows: int
+) -> None:
+    # Unquoted files take the str.split path block by block; rows must come out exactly as
+    # csv.reader reads them, ragged and blank lines included, whatever the block size.
+    end = "\r\n" if crlf else "\n"
+    text = "email,phone,x" + end + "".join(",".join(row) + end for row in table)
+    path = write(tmp_path, "plain.csv", text.encode())
+    records = list(csv.reader(io.StringIO(text, newline="")))[1:]
+    want_rows = [(n, (r[0], r[1])) for n, r in enumerate(records, 1) if len(r) == 3]
+    want_rejects = [
+        (n, "ragged_row" if r else "blank_line") for n, r in enumerate(records, 1) if len(r) != 3
+    ]
+    saved = readers.BLOCK_BYTES
+    readers.BLOCK_BYTES = block
+    try:
+        _, rows, rejects = read_all(path, chunk_rows=chunk_rows)
+    finally:
+        readers.BLOCK_BYTES = saved
+    assert rows == want_rows
+    assert sorted(rejects) == want_rejects
+
+
+def test_a_quoted_block_between_plain_ones(tmp_path: Path) -> None:
+    plain = "".join(f"u{i}@x.com,{i}\n" for i in range(2000))
+    quoted = '"q@x.com","1"\n"multi\nline@x.com",2\n'
+    path = write(tmp_path, "mixed.csv", ("email,phone\n" + plain + quoted + plain).encode())
+    saved = readers.BLOCK_BYTES
+    readers.BLOCK_BYTES = 4096
+    try:
+        _, rows, rejects = read_all(path, chunk_rows=1000)
+    finally:
+        readers.BLOCK_BYTES = saved
+    assert rejects == []
+    assert [n for n, _ in rows] == list(range(1, 4003))
+    assert rows[2000] == (2001, ("q@x.com", "1"))
+    assert rows[2001] == (2002, ("multi\nline@x.com", "2"))
+    assert rows[-1] == (4002, ("u1999@x.com", "1999"))
