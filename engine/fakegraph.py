@@ -52,6 +52,7 @@ from .errors import (
     THROTTLE_CODES,
     TRANSIENT_CODES,
 )
+from .normalize import KEYS
 
 Mode = Literal["add", "remove", "replace"]
 
@@ -74,26 +75,7 @@ SINGLE_KEY_SCHEMAS = {
     "MOBILE_ADVERTISER_ID": "MADID",
     "EXTERN_ID": "EXTERN_ID",
 }
-MULTI_KEYS = frozenset(
-    [
-        "EXTERN_ID",
-        "EMAIL",
-        "PHONE",
-        "GEN",
-        "DOBY",
-        "DOBM",
-        "DOBD",
-        "LN",
-        "FN",
-        "FI",
-        "CT",
-        "ST",
-        "ZIP",
-        "MADID",
-        "COUNTRY",
-        "LOOKALIKE_VALUE",
-    ]
-)
+MULTI_KEYS = frozenset(KEYS)  # Meta's multi-key names (reference/meta-api-facts.md)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # A mobile advertiser id: hex with hyphens (IDFA/AAID are UUIDs), 16..64 hex digits.

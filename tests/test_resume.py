@@ -61,11 +61,18 @@ class Cli:
         self.proc.send_signal(sig)
 
 
-def kill_when(
-    cli: Cli, hit: Callable[[LogEntry], bool], sig: int = signal.SIGKILL
-) -> Callable[[LogEntry], bool]:
-    """A fake hook: on the first matching request, signal the CLI; a kill also loses the
-    reply (the process is gone), a gentler signal lets the request finish."""
+async def interrupted(
+    fake: FakeGraph,
+    args: list[str],
+    hit: Callable[[LogEntry], bool],
+    *,
+    sig: int = signal.SIGKILL,
+    where: str = "arrival",
+) -> Run:
+    """Run the CLI and signal it as the first request matching `hit` arrives at the fake
+    (or, with where="applied", once the fake applied it). A kill also loses that reply
+    (the process is gone); a gentler signal lets the request finish."""
+    cli = Cli()
     fired = False
 
     def hook(entry: LogEntry) -> bool:
@@ -76,7 +83,11 @@ def kill_when(
         cli.signal(sig)
         return sig != signal.SIGKILL
 
-    return hook
+    setattr(fake, f"on_{where}", hook)
+    try:
+        return await cli.run(*args)
+    finally:
+        setattr(fake, f"on_{where}", None)
 
 
 def recorded(checkpoint: Path) -> set[int]:
@@ -146,15 +157,8 @@ async def test_sigkill_then_rerun_finishes_the_same_session(
     args = upload_args(
         people, fake.base_url, *ARGS, "--mode", mode, "--checkpoint", str(checkpoint)
     )
-    cli = Cli()
-    hook = kill_when(cli, hit)
-    if where == "arrival":
-        fake.on_arrival = hook
-    else:
-        fake.on_applied = hook
-    first = await cli.run(*args)
+    first = await interrupted(fake, args, hit, where=where)
     assert first.code == -signal.SIGKILL
-    fake.on_arrival = fake.on_applied = None
     first_run, acked_before = len(fake.log), recorded(checkpoint)
 
     status = await Cli().run("status", "--checkpoint", str(checkpoint))
@@ -175,10 +179,7 @@ async def test_sigterm_saves_progress_exits_3_and_resumes(
 ) -> None:
     checkpoint = tmp_path / "job.sqlite"
     args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
-    cli = Cli()
-    fake.on_arrival = kill_when(cli, seq_is(5), signal.SIGTERM)
-    first = await cli.run(*args)
-    fake.on_arrival = None
+    first = await interrupted(fake, args, seq_is(5), sig=signal.SIGTERM)
     first_run, acked_before = len(fake.log), recorded(checkpoint)
     assert first.code == 3, first.stderr
     report = first.report
@@ -202,10 +203,7 @@ async def test_changed_input_is_refused_unless_restarted(
 ) -> None:
     checkpoint = tmp_path / "job.sqlite"
     args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
-    cli = Cli()
-    fake.on_arrival = kill_when(cli, seq_is(3))
-    assert (await cli.run(*args)).code == -signal.SIGKILL
-    fake.on_arrival = None
+    assert (await interrupted(fake, args, seq_is(3))).code == -signal.SIGKILL
     sent_before = len(fake.log)
     write_sample(people, ROWS, seed=12345)  # same name, other people
 
@@ -237,10 +235,7 @@ async def test_resume_past_the_session_window_starts_a_new_session(
 ) -> None:
     checkpoint = tmp_path / "job.sqlite"
     args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
-    cli = Cli()
-    fake.on_arrival = kill_when(cli, seq_is(5))
-    assert (await cli.run(*args)).code == -signal.SIGKILL
-    fake.on_arrival = None
+    assert (await interrupted(fake, args, seq_is(5))).code == -signal.SIGKILL
     acked_before = recorded(checkpoint)
     old_session = fake.log[0].session_id
 
@@ -299,9 +294,7 @@ async def test_checkpoint_holds_no_secret_and_no_identifier(
 ) -> None:
     checkpoint = tmp_path / "job.sqlite"
     args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
-    cli = Cli()
-    fake.on_arrival = kill_when(cli, seq_is(6))
-    assert (await cli.run(*args)).code == -signal.SIGKILL
+    assert (await interrupted(fake, args, seq_is(6))).code == -signal.SIGKILL
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("job.sqlite*"))
     assert TOKEN.encode() not in stored and APP_SECRET.encode() not in stored
     lines = people.read_text().splitlines()[1:]
