@@ -1,4 +1,4 @@
-"""Per ad account rate limiting: a token bucket with AIMD, usage-header feedback and pauses.
+"""Per ad account rate limiting: an aiolimiter token bucket with AIMD, usage feedback and pauses.
 
 Meta counts Custom Audience calls per ad account (SPEC section 3, meta-api-facts section 3), so
 every job and audience of one account shares one `AccountLimiter`, handed out by
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
+from aiolimiter import AsyncLimiter
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,11 @@ _PCT_FIELDS = ("call_count", "total_cputime", "total_time")
 
 
 class Clock(Protocol):
-    """Where the limiter reads the time and how it waits out pauses."""
+    """Where the limiter reads the time and how it waits out pauses.
+
+    Pauses, backoff and throttle episodes run on it. The token bucket does not: aiolimiter
+    always reads the event loop's clock.
+    """
 
     def monotonic(self) -> float: ...
 
@@ -39,8 +44,9 @@ class Clock(Protocol):
 class LoopClock:
     """The running event loop's clock: `loop.time()` and `asyncio.sleep`.
 
-    Under `looptime` it runs on virtual time. Outside a running loop it falls back to
-    `time.monotonic()`, which is what the default loops use.
+    The default, and the clock aiolimiter reads, so pauses and pacing agree. Under `looptime`
+    both run on virtual time, which is how the tests check pacing exactly. Outside a running
+    loop it falls back to `time.monotonic()`, which is what the default loops use.
     """
 
     def monotonic(self) -> float:
@@ -56,8 +62,10 @@ class LoopClock:
 class FakeClock:
     """A virtual clock for tests: `sleep(s)` moves `monotonic()` forward by `s` at once.
 
-    It still yields to the event loop (`asyncio.sleep(0)`) so other tasks run, and it is
-    deterministic: an `AccountLimiter` on it paces and pauses on virtual time.
+    It still yields to the event loop (`asyncio.sleep(0)`) so other tasks run. An
+    `AccountLimiter` on it pauses, backs off and tells throttle episodes apart on virtual time,
+    but its bucket still paces on the loop's real clock: use it for tests that stay within the
+    burst, and `LoopClock` under `looptime` for tests of pacing.
     """
 
     def __init__(self, start: float = 0.0) -> None:
@@ -227,9 +235,14 @@ class LimiterConfig:
 # began (which must not count as a new one) can be told from a fresh one.
 _GRANT: ContextVar[tuple[AccountLimiter, float] | None] = ContextVar("limiter_grant", default=None)
 
+# A rising rate is applied once it is this much above the bucket's (or back at full rate), so
+# that AIMD's small additive steps rebuild the bucket a handful of times rather than per reply.
+_STEP_UP = 1.1
+
 
 class AccountLimiter:
-    """Token bucket for one ad account on an injectable clock, with AIMD and account-wide pauses.
+    """Token bucket for one ad account (an `aiolimiter.AsyncLimiter`), with AIMD and
+    account-wide pauses.
 
     `acquire()` returns once no pause is in force and the bucket has a token at the current
     rate; every sender of the account calls it before every attempt, so a pause stops them
@@ -241,9 +254,15 @@ class AccountLimiter:
 
     The bucket holds up to `burst` tokens at full rate (fewer in proportion at a lower rate,
     so a burst never lasts longer than at full speed) and none during a pause: an account
-    resumes one interval after the pause, never with a saved-up burst. Waiters queue in
-    order, and the one at the head re-reads the rate and the pause whenever either changes,
-    so a rate that rises again takes effect at once rather than after a slow interval.
+    resumes one interval after the pause, never with a saved-up burst. An `AsyncLimiter` has
+    one rate for life, so a new rate means a new bucket, which keeps the whole tokens of the
+    old one. Waiters queue in order and only the one at the head waits on the bucket. A lower
+    rate applies from the waiter after it. A rate that rises by `_STEP_UP` or back to
+    `config.rate` applies at once, to the head too (which forfeits the fraction of a token it
+    earned at the old rate), so waiters do not wait out a slow interval.
+
+    The bucket paces on the event loop's clock, which aiolimiter reads; pauses and throttle
+    episodes run on `clock`, by default that same loop clock.
     """
 
     def __init__(
@@ -263,12 +282,13 @@ class AccountLimiter:
         self._episode_start = -math.inf  # first signal of the latest slow-down episode
         self._streak = 0  # throttle episodes since the last success
         self._throttles = 0
-        self._tokens = float(self.config.burst)
-        # When _tokens was last brought up to date; not read from the clock here, as a
-        # LoopClock outside a running loop reads another clock than the loop will.
-        self._stamp = -math.inf
-        self._queue = asyncio.Lock()  # FIFO: only the head waiter watches the bucket
-        self._changed = asyncio.Event()  # set (and replaced) when the rate or pause changes
+        self._bucket: AsyncLimiter | None = None  # built by the first acquire()
+        self._bucket_rate = 0.0
+        # When set, the bucket is stale and the next one holds only the tokens earned since
+        # this time on `clock`: a pause's end, or a usage stop. -inf: the first starts full.
+        self._empty_since: float | None = -math.inf
+        self._queue = asyncio.Lock()  # FIFO: only the head waiter waits on the bucket
+        self._changed = asyncio.Event()  # set (and replaced) to send the head waiter round
 
     @property
     def rate(self) -> float:
@@ -292,19 +312,16 @@ class AccountLimiter:
             while True:
                 now = self._clock.monotonic()
                 if now < self._pause_until:
-                    await self._wait(self._pause_until - now)
+                    await self._clock.sleep(self._pause_until - now)  # a pause only grows
                     continue
-                self._refill(now)
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
-                    _GRANT.set((self, now))
+                # A pause may have begun just as the token came: then it does not count.
+                if await self._take() and self._clock.monotonic() >= self._pause_until:
+                    _GRANT.set((self, self._clock.monotonic()))
                     return
-                await self._wait((1.0 - self._tokens) / self.rate)
 
     def on_success(self, usage: Usage | None) -> None:
         """Raise the rate additively; apply the usage cap; above `stop_pct`, slow down."""
         cfg = self.config
-        self._refill(self._clock.monotonic())
         fresh = self._fresh()
         if fresh:
             self._streak = 0
@@ -313,7 +330,7 @@ class AccountLimiter:
             # per episode, as for a throttle, but without a pause unless Meta names one.
             if fresh:
                 self._decrease()
-            self._tokens = 0.0
+            self._empty_from(self._clock.monotonic())
             if usage.regain_s:
                 self._extend_pause(min(usage.regain_s, cfg.max_throttle_wait_s))
             log.info("ad account usage at %.0f%%, slowing to %.2f/s", usage.pct, self.rate)
@@ -321,13 +338,12 @@ class AccountLimiter:
             self._aimd = min(cfg.rate, self._aimd + cfg.increase)
         if usage is not None:
             self._ceiling = self._ceiling_for(usage.pct)
-        self._changed_now()
+        self._notify()
 
     def on_throttle(self, usage: Usage | None) -> float:
         """Decrease the rate and pause the account; return the seconds left of the pause."""
         cfg = self.config
         now = self._clock.monotonic()
-        self._refill(now)
         self._throttles += 1
         if now >= self._pause_until and self._fresh():
             self._streak += 1
@@ -339,7 +355,7 @@ class AccountLimiter:
         else:
             wait = cfg.backoff.delay(max(self._streak - 1, 0), self._rng)
         self._extend_pause(wait)
-        self._changed_now()
+        self._notify()
         return self._pause_until - now
 
     def _decrease(self) -> None:
@@ -358,31 +374,61 @@ class AccountLimiter:
 
     def _extend_pause(self, seconds: float) -> None:
         self._pause_until = max(self._pause_until, self._clock.monotonic() + seconds)
-        # Nothing accrues during a pause: the account resumes one interval after it ends.
-        self._tokens = 0.0
-        self._stamp = max(self._stamp, self._pause_until)
+        self._empty_from(self._pause_until)  # nothing accrues during a pause
 
-    def _refill(self, now: float) -> None:
-        """Credit the tokens earned since the last update, at the rate in force then."""
-        if now > self._stamp:
-            capacity = max(1.0, self.config.burst * self.rate / self.config.rate)
-            self._tokens = min(capacity, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
+    def _empty_from(self, when: float) -> None:
+        """Have the next bucket hold only the tokens earned since `when`."""
+        self._empty_since = when if self._empty_since is None else max(self._empty_since, when)
 
-    def _changed_now(self) -> None:
-        """Wake the head waiter to re-read the rate and the pause."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _stale(self) -> bool:
+        """Whether the bucket must be rebuilt: emptied, or the rate fell or rose by a step."""
+        rate, old = self.rate, self._bucket_rate
+        return (
+            self._empty_since is not None
+            or rate < old
+            or (rate > old and (rate >= old * _STEP_UP or rate >= self.config.rate))
+        )
 
-    async def _wait(self, seconds: float) -> None:
-        """Sleep on the clock for `seconds`, or less if the rate or the pause changes."""
-        sleep = asyncio.ensure_future(self._clock.sleep(seconds))
+    def _notify(self) -> None:
+        """Send the head waiter round if a pause or a usage stop emptied the bucket, or the
+        rate rose by a step. A lower rate lets it have the token it is waiting for."""
+        if self._empty_since is not None or (self.rate > self._bucket_rate and self._stale()):
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def _take(self) -> bool:
+        """Take a token from the current bucket; False if sent round first (see `_notify`)."""
+        bucket = self._bucket
+        if bucket is None or self._stale():
+            bucket = await self._rebuild()
+        # A cancelled aiolimiter waiter leaves no trace: its future is dropped from the heap.
+        take = asyncio.ensure_future(bucket.acquire())
         change = asyncio.ensure_future(self._changed.wait())
         try:
-            await asyncio.wait({sleep, change}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({take, change}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sleep.cancel()
+            take.cancel()
             change.cancel()
+        if not take.done():
+            return False
+        take.result()
+        return True
+
+    async def _rebuild(self) -> AsyncLimiter:
+        """Replace the bucket with one at the current rate, holding the tokens it should."""
+        cfg, rate = self.config, self.rate
+        capacity = max(1.0, cfg.burst * rate / cfg.rate)
+        tokens = 0.0
+        if self._empty_since is not None:
+            tokens = min(capacity, (self._clock.monotonic() - self._empty_since) * rate)
+        elif (old := self._bucket) is not None:
+            while tokens + 1.0 <= capacity and old.has_capacity(tokens + 1.0):
+                tokens += 1.0
+        bucket = AsyncLimiter(capacity, capacity / rate)
+        # A new AsyncLimiter holds `capacity` tokens; spending the excess does not wait.
+        await bucket.acquire(capacity - tokens)
+        self._bucket, self._bucket_rate, self._empty_since = bucket, rate, None
+        return bucket
 
     def _ceiling_for(self, pct: float) -> float:
         cfg = self.config

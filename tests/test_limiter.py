@@ -75,7 +75,7 @@ async def test_throttle_pauses_every_acquirer_for_the_regain_time() -> None:
     pause = limiter.on_throttle(regain(120.0))
     assert pause == 120.0
     assert limiter.rate == 4.0
-    # Resumes after the pause, slower: the rebuilt bucket starts full, 1/4 s apart.
+    # Resumes after the pause, slower: the rebuilt bucket starts empty, 1/4 s apart.
     times = await pass_times(limiter, 3)
     assert times == [120.25, 120.5, 120.75]
 
@@ -228,7 +228,7 @@ async def test_paced_rate_follows_aimd_in_steps() -> None:
     limiter.on_throttle(regain(10.0))  # rate 8
     times = await pass_times(limiter, 3)
     assert times == [10.125, 10.25, 10.375]
-    limiter.on_success(None)  # back to 16: the bucket is rebuilt (full) at the new rate
+    limiter.on_success(None)  # back to 16: a new bucket, as empty as the old one
     assert limiter.rate == 16.0
     times = await pass_times(limiter, 3)
     assert times == [10.4375, 10.5, 10.5625]
@@ -288,7 +288,37 @@ async def test_a_rate_that_rises_again_releases_queued_waiters_at_once() -> None
     waiters = asyncio.create_task(pass_times(limiter, 3))
     await asyncio.sleep(1.0)  # a quarter token earned at 0.25/s
     limiter.on_success(Usage(pct=10.0))  # up to 4/s (AIMD halved): no waiting out 4 s
-    assert await waiters == [1.1875, 1.4375, 1.6875]
+    # A new bucket at 4/s at once; the quarter token of the old one is forfeited.
+    assert await waiters == [1.25, 1.5, 1.75]
+
+
+@looptime
+async def test_a_rate_that_falls_applies_from_the_next_token() -> None:
+    limiter = AccountLimiter(LimiterConfig(rate=8.0, burst=1, slow_pct=75.0, stop_pct=95.0))
+    await limiter.acquire()
+    waiters = asyncio.create_task(pass_times(limiter, 3))
+    await asyncio.sleep(0.0625)
+    limiter.on_success(Usage(pct=85.0))  # capped at 4/s while the head waits at 8/s
+    assert await waiters == [0.125, 0.375, 0.625]
+
+
+@looptime
+async def test_a_new_rate_keeps_the_whole_tokens_up_to_its_burst() -> None:
+    limiter = AccountLimiter(LimiterConfig(rate=8.0, burst=8, slow_pct=75.0, stop_pct=95.0))
+    await limiter.acquire()  # 7 tokens left
+    limiter.on_success(Usage(pct=90.0))  # capped at 2/s: a burst of 2
+    assert await pass_times(limiter, 4) == [0.0, 0.0, 0.5, 1.0]
+
+
+@looptime
+async def test_a_cancelled_waiter_leaves_the_queue_and_the_bucket_as_they_were() -> None:
+    limiter = AccountLimiter(LimiterConfig(rate=1.0, burst=1))
+    await limiter.acquire()
+    gone = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0.5)
+    gone.cancel()
+    assert await pass_times(limiter, 2) == [1.0, 2.0]
+    assert gone.cancelled()
 
 
 @looptime
@@ -299,17 +329,16 @@ async def test_the_burst_shrinks_with_the_rate() -> None:
     assert await pass_times(limiter, 4) == [60.0, 60.0, 60.5, 61.0]
 
 
-async def test_pacing_runs_on_an_injected_clock() -> None:
+@looptime
+async def test_pauses_run_on_an_injected_clock_and_pacing_on_the_loop() -> None:
     clock = FakeClock(100.0)
     limiter = AccountLimiter(LimiterConfig(rate=2.0, burst=2), clock=clock)
-    times = []
-    for _ in range(5):
-        await limiter.acquire()
-        times.append(clock.monotonic())
-    assert times == [100.0, 100.0, 100.5, 101.0, 101.5]
-    limiter.on_throttle(regain(30.0))
+    assert await pass_times(limiter, 2) == [0.0, 0.0]  # the burst
+    assert limiter.on_throttle(regain(30.0)) == 30.0
+    assert limiter.paused_for == 30.0
     await limiter.acquire()
-    assert clock.monotonic() == 131.5 + 1.0  # after the pause, one interval at 1/s
+    assert clock.monotonic() == 130.0  # the pause passed on the injected clock ...
+    assert now() == 1.0  # ... and the emptied bucket paced one interval at 1/s on the loop's
 
 
 # --- clocks and registry ----------------------------------------------------------------
