@@ -1,0 +1,190 @@
+"""The worker's job table: one SQLite file (WAL) in its state dir, so jobs outlive the process.
+
+A job row holds what to upload and how (the upload options, the input path), its state and,
+once it ends, its report. Never a token and never a raw identifier: body rows are hashed on
+arrival and kept in a file of their own, which the row only names (SPEC section 5).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+State = Literal["queued", "running", "interrupted", "completed", "failed", "cancelled"]
+STATES: tuple[State, ...] = ("queued", "running", "interrupted", "completed", "failed", "cancelled")
+# "running" after a kill -9 and "interrupted" after a drain both mean: resume on start.
+UNFINISHED: tuple[State, ...] = ("queued", "running", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    source TEXT NOT NULL,
+    input TEXT NOT NULL,
+    options TEXT NOT NULL,
+    intake TEXT,
+    report TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job as stored. `options` are `Uploader.upload` keyword arguments (plain data).
+
+    `source` says where the rows came from ("path", "csv body", "jsonl body"); `intake`
+    holds the counts of body rows rejected on arrival, which the engine never sees.
+    """
+
+    id: str
+    state: State
+    source: str
+    input: str
+    options: dict[str, Any]
+    intake: dict[str, Any] | None = None
+    report: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def audience_id(self) -> str:
+        return str(self.options["audience"])
+
+    @property
+    def ad_account(self) -> str:
+        return str(self.options["ad_account"])
+
+    def view(self) -> dict[str, Any]:
+        """The job as the API shows it."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "audience_id": self.audience_id,
+            "ad_account": self.ad_account,
+            "mode": self.options.get("mode", "add"),
+            "source": self.source,
+            "options": {
+                k: v for k, v in self.options.items() if k not in ("audience", "ad_account")
+            },
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "report": self.report,
+            "error": self.error,
+        }
+
+
+class JobStore:
+    """The job table. One process writes it; each statement commits on its own (autocommit)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: an accepted job (201 sent) must survive even a power cut, not only a kill.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        os.chmod(self.path, 0o600)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, job: Job) -> Job:
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO jobs (id, state, source, input, options, intake, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job.id,
+                job.state,
+                job.source,
+                job.input,
+                _dump(job.options),
+                _dump(job.intake),
+                now,
+                now,
+            ),
+        )
+        return self._get(job.id)
+
+    def get(self, job_id: str) -> Job | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def _get(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        assert job is not None, job_id
+        return job
+
+    def update(
+        self,
+        job_id: str,
+        state: State,
+        *,
+        report: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> Job:
+        """Set the state; a report or error given replaces the stored one."""
+        self._db.execute(
+            "UPDATE jobs SET state = ?, updated_at = ?,"
+            " report = coalesce(?, report), error = coalesce(?, error) WHERE id = ?",
+            (state, time.time(), _dump(report), error, job_id),
+        )
+        return self._get(job_id)
+
+    def jobs(self, state: State | None = None, limit: int = 100) -> list[Job]:
+        """Newest first."""
+        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit)
+        )
+        return [_job(row) for row in rows]
+
+    def unfinished(self) -> list[Job]:
+        """Jobs to resume, oldest first: jobs of one audience then run in submission order."""
+        marks = ",".join("?" * len(UNFINISHED))
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY seq", UNFINISHED
+        )
+        return [_job(row) for row in rows]
+
+    def counts(self) -> dict[State, int]:
+        """Jobs by state, every state present."""
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in self._db.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+            counts[state] = n
+        return counts
+
+
+_COLUMNS = "id, state, source, input, options, intake, report, error, created_at, updated_at"
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    job_id, state, source, path, options, intake, report, error, created, updated = row
+    return Job(
+        id=job_id,
+        state=state,
+        source=source,
+        input=path,
+        options=orjson.loads(options),
+        intake=orjson.loads(intake) if intake else None,
+        report=orjson.loads(report) if report else None,
+        error=error,
+        created_at=created,
+        updated_at=updated,
+    )
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
