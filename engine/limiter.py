@@ -200,11 +200,12 @@ class LimiterConfig:
     `increase` is added to the AIMD rate per success: after a halving from 10/s it takes
     100 successes to recover. Above `slow_pct` usage the rate is capped in proportion,
     from `rate` at `slow_pct` down to `min_rate` at `stop_pct`. Above `stop_pct` the bucket
-    is emptied (the next request is a probe, one `min_rate` interval later) and the AIMD rate
-    decreases as for a throttle, so that once usage falls the account resumes slower rather
-    than running into the same wall; a regain estimate, if given, pauses the account. Throttles
-    pause for `estimated_time_to_regain_access` capped at `max_throttle_wait_s`, else for
-    `backoff`.
+    is emptied (the next request is a probe, one `min_rate` interval later) and a regain
+    estimate, if given, pauses the account. The AIMD rate is left alone there: the cap already
+    holds the account back for as long as usage stays high, and halving as well made it crawl
+    once usage fell (a benchmark against a sliding-window cap lost a tenth of its goodput so).
+    Throttles pause for `estimated_time_to_regain_access` capped at `max_throttle_wait_s`,
+    else for `backoff`.
     """
 
     rate: float = 10.0
@@ -320,16 +321,13 @@ class AccountLimiter:
                     return
 
     def on_success(self, usage: Usage | None) -> None:
-        """Raise the rate additively; apply the usage cap; above `stop_pct`, slow down."""
+        """Raise the rate additively; apply the usage cap; above `stop_pct`, stop the burst."""
         cfg = self.config
         fresh = self._fresh()
         if fresh:
             self._streak = 0
         if usage is not None and usage.pct >= cfg.stop_pct:
-            # One step short of a throttle: no more burst, and the AIMD rate comes down once
-            # per episode, as for a throttle, but without a pause unless Meta names one.
-            if fresh:
-                self._decrease()
+            # One step short of a throttle: no more burst, and a pause only if Meta names one.
             self._empty_from(self._clock.monotonic())
             if usage.regain_s:
                 self._extend_pause(min(usage.regain_s, cfg.max_throttle_wait_s))

@@ -253,20 +253,18 @@ async def test_usage_above_slow_pct_scales_the_rate_down() -> None:
 
 
 @looptime
-async def test_usage_at_stop_pct_empties_the_bucket_and_decreases_once() -> None:
+async def test_usage_at_stop_pct_empties_the_bucket_and_keeps_the_aimd_rate() -> None:
     config = LimiterConfig(rate=8.0, min_rate=0.25, increase=0.5)
     limiter = AccountLimiter(config)
     await limiter.acquire()  # the bucket still holds 9 tokens
     limiter.on_success(Usage(pct=97.0))
     assert limiter.rate == config.min_rate
     assert limiter.throttles == 0 and limiter.paused_for == 0.0
-    # Another reply to a request sent before that reading is the same episode.
-    limiter.on_success(Usage(pct=99.0))
     # No saved burst: the next request is a probe one min_rate interval later.
     await limiter.acquire()
     assert now() == 4.0
-    limiter.on_success(Usage(pct=40.0))  # usage fell: the cap lifts, AIMD stays halved
-    assert limiter.rate == 4.0 + config.increase
+    limiter.on_success(Usage(pct=40.0))  # usage fell: the cap lifts, back to full speed
+    assert limiter.rate == config.rate
 
 
 @looptime
@@ -287,9 +285,9 @@ async def test_a_rate_that_rises_again_releases_queued_waiters_at_once() -> None
     limiter.on_success(Usage(pct=95.0))  # down to 0.25/s: the next token is 4 s away
     waiters = asyncio.create_task(pass_times(limiter, 3))
     await asyncio.sleep(1.0)  # a quarter token earned at 0.25/s
-    limiter.on_success(Usage(pct=10.0))  # up to 4/s (AIMD halved): no waiting out 4 s
-    # A new bucket at 4/s at once; the quarter token of the old one is forfeited.
-    assert await waiters == [1.25, 1.5, 1.75]
+    limiter.on_success(Usage(pct=10.0))  # back up to 8/s: no waiting out 4 s
+    # A new bucket at 8/s at once; the quarter token of the old one is forfeited.
+    assert await waiters == [1.125, 1.25, 1.375]
 
 
 @looptime
