@@ -1,10 +1,11 @@
 """Per-stage CPU of the engine, by running its stage functions one after another in this
 process on the same input (time.process_time around each stage, one core, no pool).
 
-Stages: read (InputFile.chunks), normalize+hash (normalize_chunk), encode (Batcher, the
-payload JSON and the multipart body) and send (GraphClient.upload of those bodies to the
-fake, client side only). The pipeline runs the same functions; what it adds on top
-(process pool hand-offs, queues, process start) is the engine's measured CPU minus the sum.
+Stages: read (InputFile.chunks), normalize+hash (encode_chunk: rows normalized, hashed and
+serialized as payload JSON), encode (Batcher, the payload around the rows and the multipart
+body) and send (GraphClient.upload of those bodies to the fake, client side only). The
+pipeline runs the same functions; what it adds on top (process pool hand-offs, queues,
+process start) is the engine's measured CPU minus the sum.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import orjson
 
 from engine.batcher import Batch, Batcher
 from engine.client import GraphClient, multipart_body
-from engine.normalize import NormalizeOptions, Schema, normalize_chunk
+from engine.normalize import NormalizeOptions, Schema, encode_chunk
 from engine.pipeline import CHUNK_ROWS
 from engine.readers import open_input
-from engine.rows import HashedChunk, RawChunk
+from engine.rows import EncodedChunk, RawChunk
 from engine.sender import encode_payload
 
 STAGES = ("read", "normalize_hash", "encode", "send")
@@ -54,7 +55,7 @@ def profile_stages(path: str, api_base: str, *, limit: int, default_cc: str = "1
 
     options = NormalizeOptions(default_country_code=default_cc)
     started = time.process_time()
-    hashed: list[HashedChunk] = [normalize_chunk(chunk, schema, options) for chunk in chunks]
+    hashed: list[EncodedChunk] = [encode_chunk(chunk, schema, options) for chunk in chunks]
     spent["normalize_hash"] = time.process_time() - started
 
     session_id = random.randrange(1, 2**62)  # a fresh session each time, as the engine's
@@ -63,7 +64,7 @@ def profile_stages(path: str, api_base: str, *, limit: int, default_cc: str = "1
     batches = [batch for chunk in hashed for batch in batcher.add(chunk)]
     if (rest := batcher.flush()) is not None:
         batches.append(rest)
-    payloads = [encode_payload(schema, batch.rows) for batch in batches]
+    payloads = [encode_payload(schema, batch.data) for batch in batches]
     for batch, payload in zip(batches, payloads, strict=True):
         session = orjson.dumps(_session(session_id, batch))
         multipart_body({"payload": payload, "session": session, "access_token": b"x"})

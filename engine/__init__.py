@@ -8,11 +8,28 @@
 fake of the Graph API lives in `engine.fakegraph`.
 """
 
-from .api import Uploader, upload, upload_sync
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .errors import ApiError, ConfigError, EngineError, ErrorInfo, InputError
-from .limiter import LimiterConfig
 from .report import Progress, Report
-from .sources import Rows
+
+if TYPE_CHECKING:
+    from .api import Uploader, upload, upload_sync
+    from .limiter import LimiterConfig
+    from .sources import Rows
+
+# Loaded on first use: hashing worker processes import this package too, and aiohttp alone
+# would double their start-up time and memory.
+_LAZY = {
+    "Uploader": "api",
+    "upload": "api",
+    "upload_sync": "api",
+    "LimiterConfig": "limiter",
+    "Rows": "sources",
+}
 
 __all__ = [
     "ApiError",
@@ -28,3 +45,10 @@ __all__ = [
     "upload",
     "upload_sync",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

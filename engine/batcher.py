@@ -1,10 +1,10 @@
-"""Cuts hashed chunks into numbered batches: the same input always gives the same batches."""
+"""Cuts encoded chunks into numbered batches: the same input always gives the same batches."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .rows import HashedChunk
+from .rows import EncodedChunk
 
 
 @dataclass(slots=True)
@@ -14,7 +14,8 @@ class Batch:
     a second session, see journal)."""
 
     seq: int
-    rows: list[list[str | float | int]]
+    rows: int  # how many payload rows
+    data: bytes  # their JSON, joined by commas: the inside of the payload's "data" array
     first_row: int  # input row numbers it covers, for messages
     last_row: int
     index: int = 0
@@ -27,23 +28,37 @@ class Batcher:
         if not 1 <= batch_size <= 10_000:
             raise ValueError("batch_size must be between 1 and 10000")
         self._size = batch_size
-        self._rows: list[list[str | float | int]] = []
-        self._numbers: list[int] = []
+        self._parts: list[bytes] = []
+        self._count = 0
+        self._first = self._last = 0
         self._seq = 0
 
-    def add(self, chunk: HashedChunk) -> list[Batch]:
-        self._rows.extend(chunk.data)
-        self._numbers.extend(chunk.row_numbers)
+    def add(self, chunk: EncodedChunk) -> list[Batch]:
+        numbers, stops, data = chunk.row_numbers, chunk.stops, chunk.data
         full: list[Batch] = []
-        while len(self._rows) >= self._size:
-            full.append(self._cut(self._size))
+        start, n = 0, len(numbers)
+        while start < n:
+            end = min(n, start + self._size - self._count)
+            if not self._count:
+                self._first = numbers[start]
+            whole = start == 0 and end == n
+            self._parts.append(
+                data if whole else data[stops[start - 1] if start else 0 : stops[end - 1] - 1]
+            )
+            self._count += end - start
+            self._last = numbers[end - 1]
+            start = end
+            if self._count == self._size:
+                full.append(self._cut())
         return full
 
     def flush(self) -> Batch | None:
-        return self._cut(len(self._rows)) if self._rows else None
+        return self._cut() if self._count else None
 
-    def _cut(self, n: int) -> Batch:
+    def _cut(self) -> Batch:
         self._seq += 1
-        rows, self._rows = self._rows[:n], self._rows[n:]
-        numbers, self._numbers = self._numbers[:n], self._numbers[n:]
-        return Batch(self._seq, rows, numbers[0], numbers[-1], self._seq)
+        # join() hands back a lone part itself: a chunk that is one batch is not copied.
+        data = b",".join(self._parts)
+        batch = Batch(self._seq, self._count, data, self._first, self._last, self._seq)
+        self._parts, self._count = [], 0
+        return batch

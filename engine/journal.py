@@ -96,7 +96,7 @@ class Journal:
         record = BatchRecord(
             batch.index,
             self.current.session_id,
-            len(batch.rows),
+            batch.rows,
             digest,
             received if isinstance(received, int) else None,
             invalid if isinstance(invalid, int) else None,

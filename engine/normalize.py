@@ -14,14 +14,17 @@ import hashlib
 import importlib
 import math
 import unicodedata
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import compress, repeat
-from operator import contains, itemgetter, not_
-from typing import Protocol
+from itertools import accumulate, compress, count, repeat
+from operator import add, contains, itemgetter, not_
+from typing import Protocol, cast
+
+import orjson
 
 from .errors import ConfigError
-from .rows import HashedChunk, RawChunk, Reject
+from .rows import EncodedChunk, HashedChunk, RawChunk, Reject
 
 KEYS: tuple[str, ...] = (
     "EXTERN_ID",
@@ -613,6 +616,40 @@ def _column_functions(schema: Schema, options: NormalizeOptions) -> list[ColumnF
 
 def normalize_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) -> HashedChunk:
     """Normalize and hash one chunk; every input row ends up in `data` or in `rejects`, once."""
+    numbers, columns, rejects = _normalized(chunk, schema, options)
+    data: list[list[Cell]] = list(map(list, zip(*columns, strict=True)))
+    return HashedChunk(numbers, data, rejects, chunk.rows_read)
+
+
+def encode_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) -> EncodedChunk:
+    """`normalize_chunk`, with each row already serialized as it goes in the payload."""
+    numbers, columns, rejects = _normalized(chunk, schema, options)
+    rows: Sequence[object] = columns[0] if schema.single_key else list(zip(*columns, strict=True))
+    if PLAIN_KEYS.isdisjoint(schema.keys):
+        # Every cell is a hex digest or "", which JSON writes as its text in quotes: one dump
+        # of the whole list, and each row's length from its cells' lengths.
+        data = orjson.dumps(rows)[1:-1]
+        texts = cast(list[list[str]], columns)
+        if schema.single_key:
+            lengths = map(len, texts[0])
+            extra = 3  # the quotes and the comma after
+        else:
+            lengths = map(sum, zip(*[map(len, column) for column in texts], strict=True))
+            extra = 3 * len(columns) + 2  # quotes, commas between and after, brackets
+        stops = array("q", accumulate(map(add, lengths, repeat(extra))))
+    else:
+        fragments = list(map(orjson.dumps, rows))
+        data = b",".join(fragments)
+        # Where each row's comma falls, plus one: the running length of rows and commas.
+        stops = array("q", map(add, accumulate(map(len, fragments)), count(1)))
+    return EncodedChunk(array("q", numbers), data, stops, rejects, chunk.rows_read)
+
+
+def _normalized(
+    chunk: RawChunk, schema: Schema, options: NormalizeOptions
+) -> tuple[list[int], list[list[Cell]], list[Reject]]:
+    """The row numbers of the rows sent, their payload cells column by column, and the
+    rejects (the reader's and this chunk's, in input order)."""
     keys = schema.keys
     width = len(keys)
     reasons = [
@@ -624,7 +661,7 @@ def normalize_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) 
     numbers, values = chunk.row_numbers, chunk.values
     rejects = list(chunk.rejects)
     if not values:
-        return HashedChunk([], [], rejects, chunk.rows_read)
+        return [], [[] for _ in keys], rejects
 
     # Reasons by row position, so rejects come out in input order whichever check found them.
     dropped: dict[int, Reject] = {}
@@ -661,17 +698,18 @@ def normalize_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) 
                 dropped[i] = Reject(numbers[i], _VALUE_KEY, "invalid_lookalike_value")
 
     # An invalid cell of a row that is sent goes as "" (unknown), never as a hash.
-    cells = [
-        [("" if c is None else c) for c in column] if None in column else column
+    cells: list[list[Cell]] = [
+        [("" if c is None else c) for c in column] if None in column else column  # type: ignore[misc]
         for column in columns
     ]
-    data: list[list[Cell]] = list(map(list, zip(*cells, strict=True)))
     if not dropped:
-        return HashedChunk(list(numbers), data, rejects, chunk.rows_read)
+        return list(numbers), cells, rejects
     keep = [True] * len(values)
     for i in dropped:
         keep[i] = False
     rejects.extend(dropped[i] for i in sorted(dropped))
-    return HashedChunk(
-        list(compress(numbers, keep)), list(compress(data, keep)), rejects, chunk.rows_read
+    return (
+        list(compress(numbers, keep)),
+        [list(compress(column, keep)) for column in cells],
+        rejects,
     )

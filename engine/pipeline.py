@@ -24,12 +24,13 @@ from .checkpoint import Checkpoint
 from .client import GraphClient
 from .config import UploadJob, new_session_id
 from .errors import ApiError, InputError, Interrupted, RetriesExhausted
+from .hashing import hash_unit
 from .journal import Journal
 from .limiter import AccountLimiter
-from .normalize import NormalizeOptions, Schema, normalize_chunk
-from .readers import InputFile
+from .normalize import NormalizeOptions, Schema
+from .readers import CsvBlock, InputFile
 from .report import ProgressFn, Report, Status, Tally
-from .rows import HashedChunk, RawChunk, Reject
+from .rows import EncodedChunk, RawChunk, Reject
 from .sender import RetryPolicy
 from .sending import SendContext, SendStage
 
@@ -74,8 +75,8 @@ async def run_job(
             job.mode, job.audience_id, job.ad_account, first.session_id, listener=progress
         )
         stop = stop or asyncio.Event()
-        raw: asyncio.Queue[RawChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
-        hashed: asyncio.Queue[HashedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
+        raw: asyncio.Queue[RawChunk | CsvBlock | None] = asyncio.Queue(QUEUE_CHUNKS)
+        hashed: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
         batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
         options = NormalizeOptions(job.prehashed, job.default_country_code)
         sending = None
@@ -186,25 +187,25 @@ async def _gather_or_cancel(coros: list[Coroutine[Any, Any, None]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _read(source: InputFile, out: asyncio.Queue[RawChunk | None]) -> None:
-    async for chunk in source.achunks(CHUNK_ROWS):
-        await out.put(chunk)
+async def _read(source: InputFile, out: asyncio.Queue[RawChunk | CsvBlock | None]) -> None:
+    async for unit in source.aunits(CHUNK_ROWS):
+        await out.put(unit)
     await out.put(None)
 
 
 async def _normalize(
-    inp: asyncio.Queue[RawChunk | None],
-    out: asyncio.Queue[HashedChunk | None],
+    inp: asyncio.Queue[RawChunk | CsvBlock | None],
+    out: asyncio.Queue[EncodedChunk | None],
     schema: Schema,
     options: NormalizeOptions,
     pool: Executor | None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    pending: deque[asyncio.Future[HashedChunk]] = deque()
+    pending: deque[asyncio.Future[EncodedChunk]] = deque()
     window = 2 * (os.cpu_count() or 1)
-    while (chunk := await inp.get()) is not None:
+    while (unit := await inp.get()) is not None:
         # In order: results are awaited oldest first, so batches stay deterministic.
-        pending.append(loop.run_in_executor(pool, normalize_chunk, chunk, schema, options))
+        pending.append(loop.run_in_executor(pool, hash_unit, unit, schema, options))
         if len(pending) >= window:
             await out.put(await pending.popleft())
     while pending:
@@ -213,7 +214,7 @@ async def _normalize(
 
 
 async def _batch(
-    inp: asyncio.Queue[HashedChunk | None],
+    inp: asyncio.Queue[EncodedChunk | None],
     out: asyncio.Queue[Batch | None],
     job: UploadJob,
     tally: Tally,

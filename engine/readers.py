@@ -21,7 +21,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 import orjson
 
@@ -221,9 +221,13 @@ class InputFile:
 
         Sources fed by an async iterable override this and leave `chunks()` unused.
         """
-        chunks = self.chunks(chunk_rows)
-        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        async for chunk in _in_thread(self.chunks(chunk_rows)):
             yield chunk
+
+    def aunits(self, chunk_rows: int = 5000) -> AsyncIterator[RawChunk | CsvBlock]:
+        """What the pipeline hands to its hashing workers, in input order: chunks, or blocks
+        of a CSV file for the workers to parse themselves (`CsvBlock.parse()`)."""
+        return self.achunks(chunk_rows)
 
     def fingerprint(self) -> str:
         """Cheap identity of the input, to tell on resume whether it is the same file."""
@@ -260,6 +264,11 @@ class InputFile:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+async def _in_thread(items: Iterator[Any]) -> AsyncIterator[Any]:
+    while (item := await asyncio.to_thread(next, items, None)) is not None:
+        yield item
 
 
 def _check_key(key: str) -> None:
@@ -303,64 +312,117 @@ class _CsvInput(InputFile):
         self._rows_seen = 0
 
     def chunks(self, chunk_rows: int = 5000) -> Iterator[RawChunk]:
-        indices = [self.columns.index(c) for c in self._bound_columns()]
-        get: Callable[[list[str]], tuple[str, ...]]
-        if len(indices) == 1:
-            only = indices[0]
+        for unit in self._units(chunk_rows, parse=True):
+            assert isinstance(unit, RawChunk)
+            yield unit
 
-            def get(row: list[str]) -> tuple[str, ...]:
-                return (row[only],)
-        else:
-            get = operator.itemgetter(*indices)
+    def aunits(self, chunk_rows: int = 5000) -> AsyncIterator[RawChunk | CsvBlock]:
+        return _in_thread(self._units(chunk_rows, parse=False))
+
+    def _units(self, chunk_rows: int, *, parse: bool) -> Iterator[RawChunk | CsvBlock]:
+        """Chunks; without `parse`, blocks with no quote go out whole as CsvBlocks instead."""
+        indices = tuple(self.columns.index(c) for c in self._bound_columns())
         out = _ChunkCutter(self._rows_seen, chunk_rows)
         width = len(self.columns)
         blocks = self._blocks
         try:
             while True:
                 if self._records is not None:
-                    yield from out.add_records(self._records, width, get)
+                    yield from out.add_records(self._records, width, _getter(indices))
                     self._records = None
-                if not blocks.text and not blocks.load():
+                data = blocks.read()
+                if not data:
                     break
-                plain = blocks.plain and self._split(blocks.text, indices)
-                if plain:
-                    blocks.text = ""
-                    yield from out.add_plain(plain)
-                else:
+                # A record spans lines only inside quotes, and csv.reader ends lines at a lone
+                # CR too: other blocks parse alone, and their rows are their lines.
+                if b'"' in data or data.count(b"\r") != data.count(b"\r\n"):
+                    blocks.text = _decode(data)[0]
                     self._records = blocks.records(self._delimiter)
+                    continue
+                block = CsvBlock(data, out.n, self._delimiter, width, indices)
+                if parse:
+                    yield from block.parse_into(out)
+                else:
+                    yield from out.flush()
+                    out.skip(block.rows())
+                    yield block
         except _STREAM_ERRORS as exc:
             raise _unreadable(out.n, exc) from exc
         finally:
             self._rows_seen = out.n
         yield from out.flush()
 
-    def _split(self, text: str, indices: list[int]) -> list[tuple[str, ...] | None]:
-        """A plain block's rows by str.split: the bound cells, None for a ragged line; empty
-        when a line is too long for this path (csv.reader rejects its long field then)."""
-        if "\r" in text:
-            text = text.replace("\r\n", "\n")
-        lines = text.split("\n")
-        if text.endswith("\n"):
-            lines.pop()
-        if len(text) > MAX_FIELD and max(map(len, lines)) > MAX_FIELD:
-            return []
-        delimiter = self._delimiter
-        width = len(self.columns)
-        if width == 1 and delimiter not in text:
-            return list(zip(lines))
-        rows = list(map(str.split, lines, itertools.repeat(delimiter)))
-        pick = operator.itemgetter(*indices)
-        if set(map(len, rows)) != {width}:
-            # Rare, so per row; a single index's itemgetter gives a cell, not a tuple.
-            one = len(indices) == 1
-            return [((pick(r),) if one else pick(r)) if len(r) == width else None for r in rows]
-        if len(indices) == 1:
-            return list(zip(map(pick, rows)))
-        return list(map(pick, rows))
-
     def _close(self) -> None:
         if self._owned:
             self._stream.close()
+
+
+def _getter(indices: tuple[int, ...]) -> Callable[[list[str]], tuple[str, ...]]:
+    """The bound cells of a csv.reader row, always as a tuple."""
+    if len(indices) == 1:
+        only = indices[0]
+        return lambda row: (row[only],)
+    return operator.itemgetter(*indices)
+
+
+class CsvBlock(NamedTuple):
+    """Whole lines of a CSV file with no quote and no lone CR, so they parse without the
+    lines around them and each line is one row: the reader only counts them, and a hashing
+    worker parses them (`parse()`), so parsing runs on every core."""
+
+    data: bytes
+    rows_before: int  # data rows of the input before this block
+    delimiter: str
+    width: int  # columns in the header
+    indices: tuple[int, ...]  # the bound columns
+
+    def rows(self) -> int:
+        return self.data.count(b"\n") + (not self.data.endswith(b"\n"))
+
+    def parse(self) -> RawChunk:
+        """The block's rows as one chunk."""
+        out = _ChunkCutter(self.rows_before, len(self.data) + 1)  # never cut inside
+        (chunk,) = [*self.parse_into(out), *out.flush()]
+        return chunk
+
+    def parse_into(self, out: _ChunkCutter) -> Iterator[RawChunk]:
+        # The field cap is per process, and this may be a worker's first csv.reader.
+        if csv.field_size_limit() < CSV_FIELD_LIMIT:
+            csv.field_size_limit(CSV_FIELD_LIMIT)
+        text, plain = _decode(self.data)
+        values = plain and _split(text, self.delimiter, self.width, self.indices)
+        if values:
+            yield from out.add_plain(values)
+            return
+        lines = io.StringIO(text, newline="").readlines()
+        reader = csv.reader(lines, delimiter=self.delimiter)
+        records = _Records(reader, [len(lines)])
+        yield from out.add_records(records, self.width, _getter(self.indices))
+
+
+def _split(
+    text: str, delimiter: str, width: int, indices: tuple[int, ...]
+) -> list[tuple[str, ...] | None]:
+    """A plain block's rows by str.split: the bound cells, None for a ragged line; empty
+    when a line is too long for this path (csv.reader rejects its long field then)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    if len(text) > MAX_FIELD and max(map(len, lines)) > MAX_FIELD:
+        return []
+    if width == 1 and delimiter not in text:
+        return list(zip(lines))
+    rows = list(map(str.split, lines, itertools.repeat(delimiter)))
+    pick = operator.itemgetter(*indices)
+    if set(map(len, rows)) != {width}:
+        # Rare, so per row; a single index's itemgetter gives a cell, not a tuple.
+        one = len(indices) == 1
+        return [((pick(r),) if one else pick(r)) if len(r) == width else None for r in rows]
+    if len(indices) == 1:
+        return list(zip(map(pick, rows)))
+    return list(map(pick, rows))
 
 
 # The CSV is read in blocks of whole lines. A block with no quote, lone carriage return, NUL,
@@ -383,11 +445,7 @@ class _Records:
 
 
 class _Blocks:
-    """The input's text a block of whole lines at a time; `text` is the part not yet parsed.
-
-    `plain` says whether `text` may take the split path: valid UTF-8 (bad bytes become lone
-    surrogates for csv.reader to find per row) and none of `_PLAIN_BREAKERS`.
-    """
+    """The input a block of whole lines at a time; `text` is the part not yet parsed."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
@@ -395,10 +453,9 @@ class _Blocks:
         self._eof = False
         self._first = True
         self.text = ""
-        self.plain = False
 
-    def load(self) -> bool:
-        """Make the next block current; False at the end of the input."""
+    def read(self) -> bytes:
+        """The next block's bytes; empty at the end of the input."""
         data = self._carry
         self._carry = b""
         while not self._eof:
@@ -414,23 +471,13 @@ class _Blocks:
         if self._first:
             self._first = False
             data = data.removeprefix(_BOM)
-        if not data:
-            self.text, self.plain = "", False
-            return False
-        try:
-            self.text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            self.text = data.decode("utf-8", "surrogateescape")
-            self.plain = False
-        else:
-            text = self.text
-            self.plain = (
-                not text.startswith(("\n", "\r"))
-                and not any(b in text for b in _PLAIN_BREAKERS)
-                # CRLF line ends (csv.writer's, Excel's) end records just as LF does.
-                and ("\r" not in text or text.count("\r") == text.count("\r\n"))
-            )
-        return True
+        return data
+
+    def load(self) -> bool:
+        """Make the next block current as text; False at the end of the input."""
+        data = self.read()
+        self.text = _decode(data)[0]
+        return bool(data)
 
     def records(self, delimiter: str) -> _Records:
         """csv.reader over the rest of this block, and over the next ones as it needs them."""
@@ -447,6 +494,23 @@ class _Blocks:
             self.text = ""
             ends[0] += len(lines)
             yield from lines
+
+
+def _decode(data: bytes) -> tuple[str, bool]:
+    """A block's text, and whether the split path may read it: valid UTF-8 (bad bytes become
+    lone surrogates for csv.reader to find per row) and none of `_PLAIN_BREAKERS`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "surrogateescape"), False
+    plain = (
+        bool(text)
+        and not text.startswith(("\n", "\r"))
+        and not any(b in text for b in _PLAIN_BREAKERS)
+        # CRLF line ends (csv.writer's, Excel's) end records just as LF does.
+        and ("\r" not in text or text.count("\r") == text.count("\r\n"))
+    )
+    return text, plain
 
 
 class _ChunkCutter:
@@ -469,6 +533,11 @@ class _ChunkCutter:
     def flush(self) -> Iterator[RawChunk]:
         if self._rows or self._rejects:
             yield self._take()
+
+    def skip(self, rows: int) -> None:
+        """Count `rows` rows read elsewhere (call it with nothing gathered: after flush())."""
+        self.n += rows
+        self._cut = self.n + self._size
 
     def add_plain(self, values: list[tuple[str, ...] | None]) -> Iterator[RawChunk]:
         """The rows of a plain block, in order; None is a ragged line."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,5 +44,20 @@ class HashedChunk:
 
     row_numbers: list[int]
     data: list[list[str | float | int]]
+    rejects: list[Reject]
+    rows_read: int
+
+
+class EncodedChunk(NamedTuple):
+    """Rows ready to batch, already in their payload form: each row's JSON, joined by commas.
+
+    Workers return this instead of a HashedChunk so that one bytes object crosses the process
+    boundary and nothing is serialized twice. Row i ends at `stops[i] - 1` and the next one
+    starts at `stops[i]` (past the comma); `row_numbers[i]` is its input row number.
+    """
+
+    row_numbers: array[int]
+    data: bytes
+    stops: array[int]
     rejects: list[Reject]
     rows_read: int

@@ -33,11 +33,14 @@ class RetryPolicy:
     backoff: Backoff = field(default_factory=Backoff)
 
 
-def encode_payload(schema: Schema, rows: list[list[str | float | int]]) -> bytes:
-    """The `payload` form field: schema, is_raw (multi-key) and data, as JSON."""
+def encode_payload(schema: Schema, data: bytes) -> bytes:
+    """The `payload` form field: schema, is_raw (multi-key) and data, as JSON, from the rows'
+    JSON joined by commas (a Batch's `data`). The same bytes as dumping the whole object."""
     if schema.single_key:
-        return orjson.dumps({"schema": schema.single_key, "data": [r[0] for r in rows]})
-    return orjson.dumps({"schema": list(schema.keys), "is_raw": True, "data": rows})
+        head = b'{"schema":' + orjson.dumps(schema.single_key) + b',"data":['
+    else:
+        head = b'{"schema":' + orjson.dumps(list(schema.keys)) + b',"is_raw":true,"data":['
+    return b"".join((head, data, b"]}"))
 
 
 class Sender:
@@ -85,7 +88,7 @@ class Sender:
         self._clock = clock
 
     async def __call__(self, batch: Batch, last: bool) -> None:
-        payload = encode_payload(self._schema, batch.rows)
+        payload = encode_payload(self._schema, batch.data)
         session = {
             "session_id": self._session_id,
             "batch_seq": batch.seq,
@@ -162,7 +165,7 @@ class Sender:
 
     def _acknowledged(self, batch: Batch, payload: bytes, body: dict[str, Any], last: bool) -> None:
         self._journal.acknowledged(batch, batch_digest(payload), body, last=last)
-        self._tally.acknowledged(len(batch.rows), body, self._session_id)
+        self._tally.acknowledged(batch.rows, body, self._session_id)
 
     async def _backoff(self, exc: ApiError | TransportError, batch: Batch, failures: int) -> int:
         if failures >= self._retry.max_retries:

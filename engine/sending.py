@@ -72,8 +72,8 @@ class SendStage:
         record = self._journal.acked.get(batch.index)
         if record is None:
             return False
-        digest = batch_digest(encode_payload(self._ctx.schema, batch.rows))
-        if digest != record.digest or len(batch.rows) != record.rows:
+        digest = batch_digest(encode_payload(self._ctx.schema, batch.data))
+        if digest != record.digest or batch.rows != record.rows:
             raise InputError(
                 f"the input changed since the checkpoint: batch {batch.index} (rows "
                 f"{batch.first_row}..{batch.last_row}) differs from the one sent before; "
@@ -228,4 +228,4 @@ class SendStage:
                 "replace with zero valid rows would empty the audience; "
                 "pass --allow-empty-replace to do that on purpose"
             )
-        await self._sender("replace")(Batch(1, [], 0, 0, 1), True)
+        await self._sender("replace")(Batch(1, 0, b"", 0, 0, 1), True)

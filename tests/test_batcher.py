@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+from array import array
+
+import orjson
 import pytest
 
 from engine.batcher import Batcher
-from engine.rows import HashedChunk
+from engine.rows import EncodedChunk
 
 
-def chunk(first: int, n: int) -> HashedChunk:
+def chunk(first: int, n: int) -> EncodedChunk:
     numbers = list(range(first, first + n))
-    return HashedChunk(numbers, [[str(i)] for i in numbers], [], n)
+    fragments = [orjson.dumps([str(i)]) for i in numbers]
+    stops = [sum(len(f) + 1 for f in fragments[: i + 1]) for i in range(n)]
+    return EncodedChunk(array("q", numbers), b",".join(fragments), array("q", stops), [], n)
 
 
 @pytest.mark.parametrize("sizes", [[7, 7, 7], [1] * 21, [21], [10, 0, 11]])
@@ -21,7 +26,7 @@ def test_batches_are_the_same_whatever_the_chunking(sizes: list[int]) -> None:
     assert tail is not None
     batches.append(tail)
     assert [b.seq for b in batches] == [1, 2, 3, 4, 5]
-    assert [len(b.rows) for b in batches] == [5, 5, 5, 5, 1]
+    assert [b.rows for b in batches] == [5, 5, 5, 5, 1]
     assert [(b.first_row, b.last_row) for b in batches] == [
         (1, 5),
         (6, 10),
@@ -29,7 +34,8 @@ def test_batches_are_the_same_whatever_the_chunking(sizes: list[int]) -> None:
         (16, 20),
         (21, 21),
     ]
-    assert [r[0] for b in batches for r in b.rows] == [str(i) for i in range(1, 22)]
+    rows = [r[0] for b in batches for r in orjson.loads(b"[" + b.data + b"]")]
+    assert rows == [str(i) for i in range(1, 22)]
     assert batcher.flush() is None
 
 

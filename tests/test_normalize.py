@@ -7,6 +7,7 @@ import hashlib
 import pickle
 import unicodedata
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,11 +18,13 @@ from engine.normalize import (
     PLAIN_KEYS,
     NormalizeOptions,
     Schema,
+    encode_chunk,
     hash_value,
     normalize_chunk,
     normalize_value,
 )
 from engine.rows import RawChunk, Reject
+from engine.sender import encode_payload
 
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 DIGEST = hashlib.sha256(b"mary@example.com").hexdigest()
@@ -523,3 +526,38 @@ def test_column_checks_agree_with_the_per_value_rules(cells: list[tuple[str, str
         else:
             assert row not in sent
     assert len(sent) + len(out.rejects) == len(cells)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=6, unique=True).filter(
+        lambda ks: ks != ["LOOKALIKE_VALUE"]
+    ),
+    single=st.booleans(),
+    data=st.data(),
+    prehashed=st.booleans(),
+)
+def test_encoded_rows_are_the_rows_as_json(
+    keys: list[str], single: bool, data: st.DataObject, prehashed: bool
+) -> None:
+    # Workers send rows already serialized; the payload must be byte for byte the one
+    # dumped from normalize_chunk's rows, and every row's slice exactly its own JSON.
+    schema = Schema.parse("EMAIL_SHA256" if single else keys)
+    n = data.draw(st.integers(0, 8))
+    rows = [tuple(data.draw(cell_text) for _ in schema.keys) for _ in range(n)]
+    chunk = RawChunk(list(range(1, n + 1)), rows, [Reject(100, "", "bad_bytes")])
+    options = NormalizeOptions(prehashed=prehashed)
+    want = normalize_chunk(chunk, schema, options)
+    got = encode_chunk(chunk, schema, options)
+    assert list(got.row_numbers) == want.row_numbers
+    assert got.rejects == want.rejects and got.rows_read == want.rows_read
+    values = [r[0] for r in want.data] if single else want.data
+    starts = [0, *got.stops][:-1]
+    slices = [got.data[a : b - 1] for a, b in zip(starts, got.stops, strict=True)]
+    assert slices == [orjson.dumps(v) for v in values]
+    whole = (
+        {"schema": "EMAIL_SHA256", "data": values}
+        if single
+        else {"schema": list(schema.keys), "is_raw": True, "data": values}
+    )
+    assert encode_payload(schema, got.data) == orjson.dumps(whole)

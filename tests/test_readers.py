@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import io
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from engine import readers
 from engine.errors import InputError
-from engine.readers import MAX_FIELD, open_input
+from engine.readers import MAX_FIELD, CsvBlock, open_input
 from engine.rows import RawChunk
 
 Rows = list[tuple[int, tuple[str, ...]]]
@@ -513,3 +514,79 @@ def test_a_quoted_block_between_plain_ones(tmp_path: Path) -> None:
     assert rows[2000] == (2001, ("q@x.com", "1"))
     assert rows[2001] == (2002, ("multi\nline@x.com", "2"))
     assert rows[-1] == (4002, ("u1999@x.com", "1999"))
+
+
+def units_as_rows(path: str, chunk_rows: int) -> tuple[Rows, Rejects, int]:
+    """What the pipeline reads: CSV blocks parsed as a hashing worker parses them; and how
+    many units were blocks."""
+
+    async def collect() -> list[RawChunk | CsvBlock]:
+        with open_input(path) as source:
+            source.bind(None, {})
+            return [unit async for unit in source.aunits(chunk_rows)]
+
+    units = asyncio.run(collect())
+    chunks = [u.parse() if isinstance(u, CsvBlock) else u for u in units]
+    rows = [(n, v) for c in chunks for n, v in zip(c.row_numbers, c.values, strict=True)]
+    rejects = [(r.row, r.reason) for c in chunks for r in c.rejects]
+    return rows, rejects, sum(isinstance(u, CsvBlock) for u in units)
+
+
+BLOCK_CELL = st.text(alphabet='ab,"\n\r; é', max_size=6)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    table=st.lists(st.lists(BLOCK_CELL, min_size=0, max_size=4), max_size=30),
+    crlf=st.booleans(),
+    bom=st.booleans(),
+    junk=st.sampled_from([b"", b"\xff\xfe,1,2\n", b"a\x00b,1,2\n", b"\n\n", b"x\ry,1,2\n"]),
+    block=st.sampled_from([1, 16, 64, 1 << 20]),
+    chunk_rows=st.integers(1, 7),
+)
+def test_blocks_for_workers_read_as_chunks_do(
+    tmp_path: Path,
+    table: list[list[str]],
+    crlf: bool,
+    bom: bool,
+    junk: bytes,
+    block: int,
+    chunk_rows: int,
+) -> None:
+    # Quote-free blocks go to the workers whole, numbered by their line count; quoted
+    # newlines, lone CRs, bad bytes, NULs and blank lines must still give the same rows,
+    # numbers and reasons as reading the file in one process.
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n" if crlf else "\n")
+    writer.writerow(["email", "phone", "x"])
+    writer.writerows(table[: len(table) // 2])
+    middle = out.getvalue().encode()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n" if crlf else "\n")
+    writer.writerows(table[len(table) // 2 :])
+    data = (b"\xef\xbb\xbf" if bom else b"") + middle + junk + out.getvalue().encode()
+    path = write(tmp_path, "blocks.csv", data)
+    saved = readers.BLOCK_BYTES
+    readers.BLOCK_BYTES = block
+    try:
+        _, want_rows, want_rejects = read_all(path, chunk_rows=chunk_rows)
+        rows, rejects, _ = units_as_rows(path, chunk_rows)
+    finally:
+        readers.BLOCK_BYTES = saved
+    assert rows == want_rows
+    assert rejects == want_rejects
+
+
+def test_plain_csv_goes_to_the_workers_in_blocks(tmp_path: Path) -> None:
+    body = "".join(f"u{i}@x.com,{i}\r\n" for i in range(3000))
+    path = write(tmp_path, "plain.csv", ("\ufeffemail,phone\r\n" + body).encode())
+    saved = readers.BLOCK_BYTES
+    readers.BLOCK_BYTES = 4096
+    try:
+        rows, rejects, blocks = units_as_rows(path, 1000)
+    finally:
+        readers.BLOCK_BYTES = saved
+    assert blocks > 10 and rejects == []
+    assert rows == [(i + 1, (f"u{i}@x.com", str(i))) for i in range(3000)]

@@ -39,7 +39,7 @@ class Recorder:
 async def feed(n: int) -> asyncio.Queue[Batch | None]:
     queue: asyncio.Queue[Batch | None] = asyncio.Queue()
     for seq in range(1, n + 1):
-        queue.put_nowait(Batch(seq, [["x"]], seq, seq))
+        queue.put_nowait(Batch(seq, 1, b'["x"]', seq, seq))
     queue.put_nowait(None)
     return queue
 
@@ -110,8 +110,8 @@ async def test_failure_stops_new_sends_lets_inflight_finish_and_raises() -> None
 async def test_failure_surfaces_while_input_is_still_coming() -> None:
     send = Recorder(fail_on=1)
     queue: asyncio.Queue[Batch | None] = asyncio.Queue()
-    queue.put_nowait(Batch(1, [["x"]], 1, 1))
-    queue.put_nowait(Batch(2, [["x"]], 2, 2))
+    queue.put_nowait(Batch(1, 1, b'["x"]', 1, 1))
+    queue.put_nowait(Batch(2, 1, b'["x"]', 2, 2))
     # No end marker: the producer is "slow"; the error must not wait for it.
     with pytest.raises(RuntimeError):
         await asyncio.wait_for(
