@@ -93,9 +93,13 @@ def default_path(identity: str) -> Path:
     return Path(base) / "audience-engine" / "checkpoints" / f"{key}.sqlite"
 
 
-def batch_digest(payload: bytes) -> str:
-    """Digest of a batch's encoded payload: hashes of hashes, safe to keep on disk."""
-    return hashlib.sha256(payload).hexdigest()[:32]
+def batch_digest(*payload: bytes) -> str:
+    """Digest of a batch's encoded payload (given whole or in parts): hashes of hashes, safe
+    to keep on disk."""
+    digest = hashlib.sha256()
+    for part in payload:
+        digest.update(part)
+    return digest.hexdigest()[:32]
 
 
 class Checkpoint:

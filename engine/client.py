@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,25 +38,27 @@ def appsecret_proof(access_token: str, app_secret: str) -> str:
     return hmac.new(app_secret.encode(), access_token.encode(), hashlib.sha256).hexdigest()
 
 
-def multipart_body(fields: Mapping[str, bytes]) -> tuple[bytes, str]:
-    """Encode form fields as multipart/form-data; returns (body, content type)."""
+def multipart_body(fields: Mapping[str, bytes | Sequence[bytes]]) -> tuple[bytes, str]:
+    """Encode form fields as multipart/form-data; returns (body, content type). A value may
+    come in parts: they are joined straight into the body, never copied on their own."""
     while True:
         boundary = os.urandom(16).hex().encode()
-        if not any(boundary in v for v in fields.values()):
-            break
-    parts: list[bytes] = []
-    for name, value in fields.items():
-        parts += [
-            b"--",
-            boundary,
-            b'\r\nContent-Disposition: form-data; name="',
-            name.encode(),
-            b'"\r\n\r\n',
-            value,
-            b"\r\n",
-        ]
-    parts += [b"--", boundary, b"--\r\n"]
-    return b"".join(parts), f"multipart/form-data; boundary={boundary.decode()}"
+        parts: list[bytes] = []
+        for name, value in fields.items():
+            parts += [
+                b"--",
+                boundary,
+                b'\r\nContent-Disposition: form-data; name="',
+                name.encode(),
+                b'"\r\n\r\n',
+                *((value,) if isinstance(value, bytes) else value),
+                b"\r\n",
+            ]
+        parts += [b"--", boundary, b"--\r\n"]
+        body = b"".join(parts)
+        # Only the delimiters put in hold the boundary: no value does, even across its parts.
+        if body.count(boundary) == len(fields) + 1:
+            return body, f"multipart/form-data; boundary={boundary.decode()}"
 
 
 class GraphClient:
@@ -83,9 +85,13 @@ class GraphClient:
         return f"GraphClient({self._base!r})"
 
     async def upload(
-        self, audience_id: str, mode: Mode, payload: bytes, session: Mapping[str, Any]
+        self,
+        audience_id: str,
+        mode: Mode,
+        payload: bytes | Sequence[bytes],
+        session: Mapping[str, Any],
     ) -> Reply:
-        """One batch: `payload` is the payload object already serialized as JSON."""
+        """One batch: `payload` is the payload object already serialized as JSON (or its parts)."""
         edge = "usersreplace" if mode == "replace" else "users"
         fields = {"payload": payload, "session": orjson.dumps(session), **self._auth}
         if mode == "remove":

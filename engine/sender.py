@@ -23,6 +23,8 @@ from .report import Tally
 
 log = logging.getLogger(__name__)
 
+Payload = tuple[bytes, bytes, bytes]
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -33,14 +35,20 @@ class RetryPolicy:
     backoff: Backoff = field(default_factory=Backoff)
 
 
-def encode_payload(schema: Schema, data: bytes) -> bytes:
-    """The `payload` form field: schema, is_raw (multi-key) and data, as JSON, from the rows'
-    JSON joined by commas (a Batch's `data`). The same bytes as dumping the whole object."""
+def payload_parts(schema: Schema, data: bytes) -> tuple[bytes, bytes, bytes]:
+    """The `payload` form field (schema, is_raw for multi-key, and data, as JSON) in three
+    parts around the rows' JSON joined by commas (a Batch's `data`), so that a 5 MB batch is
+    not copied again before its request body is built."""
     if schema.single_key:
         head = b'{"schema":' + orjson.dumps(schema.single_key) + b',"data":['
     else:
         head = b'{"schema":' + orjson.dumps(list(schema.keys)) + b',"is_raw":true,"data":['
-    return b"".join((head, data, b"]}"))
+    return head, data, b"]}"
+
+
+def encode_payload(schema: Schema, data: bytes) -> bytes:
+    """The `payload` form field whole: the same bytes as dumping the whole object."""
+    return b"".join(payload_parts(schema, data))
 
 
 class Sender:
@@ -88,7 +96,7 @@ class Sender:
         self._clock = clock
 
     async def __call__(self, batch: Batch, last: bool) -> None:
-        payload = encode_payload(self._schema, batch.data)
+        payload = payload_parts(self._schema, batch.data)
         session = {
             "session_id": self._session_id,
             "batch_seq": batch.seq,
@@ -151,7 +159,7 @@ class Sender:
                 f"session's {self._window_s / 60:g}-minute window"
             )
 
-    async def _replace_seen(self, batch: Batch, payload: bytes, last: bool) -> bool:
+    async def _replace_seen(self, batch: Batch, payload: Payload, last: bool) -> bool:
         """Whether batch 1 of this replace already arrived (then it counts as acknowledged)."""
         body = await self._replace_started()
         if body is None:
@@ -163,8 +171,10 @@ class Sender:
         if self._on_request is not None:
             self._on_request(outcome, time.monotonic() - started)
 
-    def _acknowledged(self, batch: Batch, payload: bytes, body: dict[str, Any], last: bool) -> None:
-        self._journal.acknowledged(batch, batch_digest(payload), body, last=last)
+    def _acknowledged(
+        self, batch: Batch, payload: Payload, body: dict[str, Any], last: bool
+    ) -> None:
+        self._journal.acknowledged(batch, batch_digest(*payload), body, last=last)
         self._tally.acknowledged(batch.rows, body, self._session_id)
 
     async def _backoff(self, exc: ApiError | TransportError, batch: Batch, failures: int) -> int:

@@ -25,7 +25,7 @@ from .journal import Journal
 from .limiter import AccountLimiter
 from .normalize import Schema
 from .report import Tally
-from .sender import RetryPolicy, Sender, encode_payload
+from .sender import RetryPolicy, Sender, payload_parts
 from .session import NextFn, SessionCoordinator
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class SendStage:
         record = self._journal.acked.get(batch.index)
         if record is None:
             return False
-        digest = batch_digest(encode_payload(self._ctx.schema, batch.data))
+        digest = batch_digest(*payload_parts(self._ctx.schema, batch.data))
         if digest != record.digest or batch.rows != record.rows:
             raise InputError(
                 f"the input changed since the checkpoint: batch {batch.index} (rows "
