@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient, Mode
-from .config import UploadJob
+from .config import DEFAULT_CONCURRENCY, UploadJob
 from .errors import InputError
 from .limiter import LimiterConfig, LimiterRegistry
 from .pipeline import RequestHook, run_job
@@ -105,7 +105,7 @@ class Uploader:
         prehashed: bool = False,
         default_country_code: str | None = None,
         batch_size: int = 10_000,
-        concurrency: int = 8,
+        concurrency: int = DEFAULT_CONCURRENCY,
         workers: int | None = None,
         session_id: int | None = None,
         dry_run: bool = False,

