@@ -333,10 +333,7 @@ def run_throttled(args: argparse.Namespace) -> list[Throttled]:
     cap_rate = calls / window
     path = dataset(args.cache, "email", args.throttle_rows)
     batch = ["--batch-size", str(args.throttle_batch)]
-    # A token bucket lets a full burst through on top of the rate, so a sliding window of
-    # `window` seconds can see burst + rate x window calls: the rate leaves room for that
-    # (the CLI sets the burst to the rate, at most 10).
-    tuned = (calls - min(ENGINE_MAX_BURST, max(1, int(cap_rate)))) / window
+    tuned = rate_under_cap(calls, window)
     runs = [("engine defaults", batch), (f"--rate {tuned:g}", [*batch, "--rate", f"{tuned:g}"])]
     results = []
     with fake_graph("--rate-limit", f"{calls}/{window:g}") as url:
@@ -370,6 +367,19 @@ def run_throttled(args: argparse.Namespace) -> list[Throttled]:
             )
             print(f"throttled, {label}: {results[-1].goodput_share:.0%}", file=sys.stderr)
     return results
+
+
+def rate_under_cap(calls: int, window: float) -> float:
+    """The highest --rate whose bucket fits a cap of `calls` per sliding `window` seconds.
+
+    A token bucket lets a full burst through on top of the rate, so a window can see
+    burst + rate x window calls; the CLI sets the burst to the rate, between 1 and 10.
+    """
+    for burst in range(1, min(ENGINE_MAX_BURST, calls - 1) + 1):
+        rate = (calls - burst) / window
+        if max(1, min(ENGINE_MAX_BURST, int(rate))) <= burst:
+            return rate
+    raise ValueError(f"a cap of {calls} calls leaves no room for a burst and a rate")
 
 
 def _post(url: str) -> None:

@@ -182,7 +182,7 @@ def _upload_options(options: dict[str, Any]) -> dict[str, Any]:
 def _limits(options: dict[str, Any]) -> LimiterConfig:
     config = LimiterConfig()
     changes: dict[str, Any] = {}
-    if options.get("rate"):
+    if options.get("rate") is not None:
         rate = float(options["rate"])
         changes.update(
             rate=rate,

@@ -219,6 +219,8 @@ class LimiterConfig:
     backoff: Backoff = field(default_factory=Backoff)
 
     def __post_init__(self) -> None:
+        if not self.rate > 0:
+            raise ValueError("rate must be above 0 requests/s")
         if not 0 < self.min_rate <= self.rate:
             raise ValueError("need 0 < min_rate <= rate")
         if self.burst < 1:

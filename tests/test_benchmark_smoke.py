@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from benchmarks.run import ENGINE_MAX_BURST, rate_under_cap
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,3 +54,18 @@ def test_smoke_benchmark_writes_a_sane_table(tmp_path: Path) -> None:
 
     assert (out / "rows_per_s.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "results.md").read_text().startswith("| schema |")
+
+
+@pytest.mark.parametrize(
+    ("calls", "window", "rate"),
+    [(50, 10.0, 4.6), (600, 120.0, 596 / 120), (40, 1.0, 30.0), (5, 1.0, 2.0), (2, 1.0, 1.0)],
+)
+def test_the_tuned_rate_and_its_burst_fit_the_cap(calls: int, window: float, rate: float) -> None:
+    assert rate_under_cap(calls, window) == pytest.approx(rate)
+    burst = max(1, min(ENGINE_MAX_BURST, int(rate)))  # as the CLI sets it
+    assert burst + rate * window <= calls + 1e-9
+
+
+def test_a_cap_with_no_room_for_a_burst_and_a_rate_is_refused() -> None:
+    with pytest.raises(ValueError, match="no room"):
+        rate_under_cap(1, 1.0)

@@ -153,6 +153,7 @@ async def test_messy_file_counts_every_row_and_never_writes_values(
         (["--schema", "EMAIL,FOO"], "FOO"),
         (["--map", "EMAIL=nope"], "nope"),
         (["--schema", "MADID"], "MADID"),
+        (["--rate", "0"], "rate must be above 0"),
     ],
 )
 async def test_bad_usage_exits_2_before_any_request(

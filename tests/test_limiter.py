@@ -376,6 +376,8 @@ def test_config_rejects_nonsense() -> None:
         LimiterConfig(rate=1.0, min_rate=2.0)
     with pytest.raises(ValueError):
         LimiterConfig(decrease=1.5)
+    with pytest.raises(ValueError, match="rate must be above 0"):
+        LimiterConfig(rate=0.0, min_rate=0.0)
 
 
 # --- parse_usage ------------------------------------------------------------------------
