@@ -90,15 +90,18 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 12
 
 
 class JobGauges(Collector):
-    """Jobs by state (from the table) and the live queue depths, read at scrape time."""
+    """Jobs by state (from the table) and the live queue depths (jobs waiting, batches not yet
+    acknowledged per ad account), read at scrape time."""
 
     def __init__(
         self,
         counts: Callable[[], Mapping[State, int]],
         waiting: Callable[[], int],
         running: Callable[[], int],
+        pending: Callable[[], Mapping[str, int]],
     ) -> None:
         self._counts, self._waiting, self._running = counts, waiting, running
+        self._pending = pending
 
     def collect(self) -> Iterable[Metric]:
         states = GaugeMetricFamily("audience_engine_jobs", "Jobs by state", labels=["state"])
@@ -113,6 +116,14 @@ class JobGauges(Collector):
         yield GaugeMetricFamily(
             "audience_engine_jobs_running", "Jobs uploading now", value=self._running()
         )
+        pending = GaugeMetricFamily(
+            "audience_engine_batches_pending",
+            "Batches cut from running jobs' inputs and not yet acknowledged: queued or in flight",
+            labels=["ad_account"],
+        )
+        for account, n in self._pending().items():
+            pending.add_metric([account], n)
+        yield pending
 
 
 class Metrics:

@@ -133,6 +133,15 @@ class Worker:
     def running(self) -> int:
         return sum(1 for live in self._live.values() if live.started)
 
+    def pending_batches(self) -> dict[str, int]:
+        """Batches cut and not yet acknowledged, by ad account, over the running jobs."""
+        pending: dict[str, int] = {}
+        for live in self._live.values():
+            if live.progress is not None:
+                left = live.progress.batches_total - live.progress.batches_sent
+                pending[live.job.ad_account] = pending.get(live.job.ad_account, 0) + left
+        return pending
+
     def progress(self, job_id: str) -> Progress | None:
         live = self._live.get(job_id)
         return live.progress if live else None
@@ -431,7 +440,9 @@ async def serve(config: WorkerConfig, secrets: Secrets, layout: Layout) -> int:
             on_request=metrics.on_request,
         ) as uploader:
             worker = Worker(config, secrets, layout, store, uploader, metrics)
-            metrics.watch(JobGauges(store.counts, worker.waiting, worker.running))
+            metrics.watch(
+                JobGauges(store.counts, worker.waiting, worker.running, worker.pending_batches)
+            )
             intake = Intake(
                 defaults=config.job_defaults,
                 input_dirs=config.input_dirs,

@@ -214,6 +214,23 @@ def as_file(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
+async def scrape(http: aiohttp.ClientSession, url: str) -> Callable[..., float]:
+    """GET /metrics, parsed: value(name, **labels), 0 for a sample not there."""
+    async with http.get(f"{url}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    return value
+
+
 def check_resumed(fake: FakeGraph, report: dict[str, Any]) -> None:
     """A job killed mid-session and resumed: one session, every batch acknowledged, the
     last flag only on batch N and only after the others; the counts cover the whole job."""
@@ -312,17 +329,7 @@ async def test_metrics_and_logs_match_the_reports(
     reports = {job["ad_account"]: job["report"] for job in jobs}
     assert reports[ACT_1]["retries"] == 1
 
-    async with http.get(f"{worker.url}/metrics") as resp:
-        assert resp.status == 200
-        text = await resp.text()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-    def value(name: str, **labels: str) -> float:
-        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    value = await scrape(http, worker.url)
 
     fields = {
         "rows_read": "rows_read",
@@ -348,6 +355,7 @@ async def test_metrics_and_logs_match_the_reports(
     assert value("audience_engine_jobs", state="completed") == 2
     assert value("audience_engine_jobs", state="running") == 0
     assert value("audience_engine_jobs_waiting") == value("audience_engine_jobs_running") == 0
+    assert value("audience_engine_batches_pending", ad_account=ACT_1) == 0
 
     logs = [orjson.loads(line) for line in worker.log_text().splitlines()]
     assert all({"ts", "level", "message", "job_id", "ad_account"} <= set(e) for e in logs)
@@ -510,6 +518,10 @@ async def test_delete_cancels_running_and_waiting_jobs(
         return any(e.outcome == "pending" for e in fake.log)
 
     await poll("a request in flight", in_flight)
+    value = await scrape(http, worker.url)
+    # The first job's batches are cut and batch 1 hangs; the second job waits its turn.
+    assert value("audience_engine_batches_pending", ad_account=ACT_1) >= 1
+    assert value("audience_engine_jobs_running") == value("audience_engine_jobs_waiting") == 1
     for job in (second, first):  # the second waits for the audience: cancelled at once
         async with http.delete(f"{worker.url}/jobs/{job['id']}") as resp:
             assert resp.status == 202
