@@ -102,6 +102,17 @@ def batch_digest(*payload: bytes) -> str:
     return digest.hexdigest()[:32]
 
 
+def open_state_db(path: Path, schema: str, synchronous: str) -> sqlite3.Connection:
+    """A local state file (checkpoint, job table): autocommit, WAL so a kill at any instant
+    leaves it consistent, readable by this user only, with `schema` in place."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.executescript(schema)
+    os.chmod(path, 0o600)
+    return db
+
+
 class Checkpoint:
     """One job's checkpoint file. Not shared between processes; one writer at a time."""
 
@@ -109,13 +120,9 @@ class Checkpoint:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL loses at most the last transactions on power loss, never consistency;
         # a lost acknowledgement only means that batch is sent again, which is allowed.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        os.chmod(self.path, 0o600)
+        self._db = open_state_db(self.path, _SCHEMA, "NORMAL")
 
     def close(self) -> None:
         self._db.close()

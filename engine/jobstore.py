@@ -8,13 +8,14 @@ arrival and kept in a file of their own, which the row only names (SPEC section 
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+
+from .checkpoint import open_state_db
 
 State = Literal["queued", "running", "interrupted", "completed", "failed", "cancelled"]
 STATES: tuple[State, ...] = ("queued", "running", "interrupted", "completed", "failed", "cancelled")
@@ -90,12 +91,8 @@ class JobStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: an accepted job (201 sent) must survive even a power cut, not only a kill.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        os.chmod(self.path, 0o600)
+        self._db = open_state_db(self.path, _SCHEMA, "FULL")
 
     def close(self) -> None:
         self._db.close()
