@@ -49,6 +49,14 @@ class Run:
 
 async def run_cli(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> Run:
     """Run `python -m engine ARGS` without blocking the loop the fake serves on."""
+    return await run_python("-m", "engine", *args, env=env, stdin=stdin)
+
+
+async def run_python(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> Run:
+    """Run `python ARGS` from the repo, with the test token and app secret (and `env`) set,
+    without blocking the loop the fake serves on."""
     full_env = {
         **os.environ,
         "META_ACCESS_TOKEN": TOKEN,
@@ -57,8 +65,6 @@ async def run_cli(*args: str, env: dict[str, str] | None = None, stdin: bytes | 
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "engine",
         *args,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

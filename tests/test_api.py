@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import logging
-import os
 import signal
 import sys
 import textwrap
@@ -29,7 +28,7 @@ from engine.sample import EIGHT_KEYS, write_sample
 from engine.sources import Rows
 
 from .checks import check_counts, check_session, expected_rows
-from .conftest import AD_ACCOUNT, APP_SECRET, AUDIENCE, TOKEN
+from .conftest import AD_ACCOUNT, APP_SECRET, AUDIENCE, TOKEN, run_python
 
 N_ROWS = 3_000
 SCHEMA = "EMAIL,PHONE,FN,LN,ZIP,CT,ST,COUNTRY"  # EIGHT_KEYS, in their order
@@ -207,24 +206,9 @@ async def test_upload_sync_from_a_plain_script(fake: FakeGraph, people: Path) ->
         print(report.to_dict()["status"], report.rows_sent)
         """
     )
-    env = {
-        **os.environ,
-        "META_API_BASE": fake.base_url,
-        "META_ACCESS_TOKEN": TOKEN,
-        "META_APP_SECRET": APP_SECRET,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        script,
-        str(people),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode == 0, err.decode()
-    status, sent = out.decode().split()
+    run = await run_python("-c", script, str(people), env={"META_API_BASE": fake.base_url})
+    assert run.code == 0, run.stderr
+    status, sent = run.stdout.split()
     assert status == "completed"
     assert int(sent) == len(expected_rows(people))
     assert fake.members(AUDIENCE) == expected_rows(people)

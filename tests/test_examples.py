@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 import orjson
@@ -14,7 +11,7 @@ from engine.fakegraph import FakeGraph
 from engine.sample import write_sample
 
 from .checks import check_counts, check_session, expected_rows
-from .conftest import AD_ACCOUNT, APP_SECRET, AUDIENCE, TOKEN
+from .conftest import AD_ACCOUNT, AUDIENCE, run_python
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ROWS = 2_500
@@ -26,25 +23,14 @@ ROWS = 2_500
 async def test_example_uploads_exactly(fake: FakeGraph, tmp_path: Path, script: str) -> None:
     people = write_sample(tmp_path / "people.csv", ROWS)
     env = {
-        **os.environ,
         "META_API_BASE": fake.base_url,
-        "META_ACCESS_TOKEN": TOKEN,
-        "META_APP_SECRET": APP_SECRET,
         "META_AUDIENCE_ID": AUDIENCE,
         "META_AD_ACCOUNT": AD_ACCOUNT,
     }
     # A subprocess, so the fake keeps serving on this loop while the example blocks on its own.
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(EXAMPLES / script),
-        str(people),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode == 0, err.decode()
-    report = orjson.loads(out.splitlines()[-1])
+    run = await run_python(str(EXAMPLES / script), str(people), env=env)
+    assert run.code == 0, run.stderr
+    report = orjson.loads(run.stdout.splitlines()[-1])
     assert report["status"] == "completed"
     assert report["rows_read"] == ROWS
     check_counts(report)
