@@ -270,9 +270,8 @@ class Worker:
         log.log(level, "job %s%s", state, f": {error}" if error else "")
         if state in _TERMINAL:
             # Its hashed rows and checkpoint are only good for resuming it.
-            for job_id, path in self._layout.files():
-                if job_id == job.id:
-                    path.unlink(missing_ok=True)
+            for path in self._layout.files_of(job.id):
+                path.unlink(missing_ok=True)
 
 
 # -- the HTTP API ------------------------------------------------------------------------------

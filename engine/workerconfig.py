@@ -69,6 +69,11 @@ class Layout:
     def checkpoint(self, job_id: str) -> Path:
         return self.checkpoints / f"{job_id}.sqlite"
 
+    def files_of(self, job_id: str) -> Iterator[Path]:
+        """One job's files, with their SQLite and temporary companions."""
+        for directory in (self.rows, self.checkpoints):
+            yield from directory.glob(f"{job_id}.*")
+
     def files(self) -> Iterator[tuple[str, Path]]:
         """Every job file (with its SQLite and temporary companions), by job id."""
         for directory in (self.rows, self.checkpoints):
