@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for any reply data before retrying (default 120)",
     )
     up.add_argument("--rate", type=float, help="requests/s per ad account at full speed")
+    up.add_argument(
+        "--burst", type=int, help="requests an ad account may send at once after a lull"
+    )
     up.add_argument("--max-throttle-wait", type=float, help="longest pause on a throttle (s)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     up.add_argument("-v", "--verbose", action="store_true", help="log retries and throttles")
@@ -189,6 +192,8 @@ def _limits(options: dict[str, Any]) -> LimiterConfig:
             burst=max(1, min(config.burst, int(rate))),
             min_rate=min(config.min_rate, rate),
         )
+    if options.get("burst") is not None:
+        changes["burst"] = options["burst"]
     if options.get("max_throttle_wait") is not None:
         changes["max_throttle_wait_s"] = options["max_throttle_wait"]
     try:

@@ -9,6 +9,7 @@ from typing import Any
 # Meta error codes by how the engine reacts (SPEC section 3, meta-api-facts section 3.4).
 THROTTLE_CODES = frozenset({4, 17, 32, 341, 613, 80000, 80003, 80004, 80014})
 TRANSIENT_CODES = frozenset({1, 2})
+PERMANENT_CODES = frozenset({100, 105, 190, 194, 368, 2635})  # and 200-299, permissions
 REPLACE_ERROR_CODE = 2650
 REPLACE_IN_PROGRESS = 1870145
 REPLACE_RETRY_NEW_SESSION = 1870148
@@ -120,14 +121,23 @@ class ApiError(EngineError):
         )
 
     @property
+    def is_permanent(self) -> bool:
+        """One of Meta's codes that no retry fixes (SPEC section 3): it stops the job even
+        when the reply says `is_transient` or comes with an HTTP 5xx."""
+        code = self.info.code
+        return code is not None and (code in PERMANENT_CODES or 200 <= code <= 299)
+
+    @property
     def is_transient(self) -> bool:
         """Worth retrying the same request after a backoff."""
         i = self.info
-        if i.code in THROTTLE_CODES or i.code in TRANSIENT_CODES or i.is_transient:
+        if i.code in THROTTLE_CODES or i.code in TRANSIENT_CODES:
             return True
-        if i.code == REPLACE_ERROR_CODE and i.subcode == REPLACE_IN_PROGRESS:
-            return True
-        return i.code is None and (i.http_status or 0) >= 500
+        if i.code == REPLACE_ERROR_CODE:
+            return i.subcode == REPLACE_IN_PROGRESS
+        if self.is_permanent:
+            return False
+        return i.is_transient or (i.http_status or 0) >= 500
 
 
 class TransportError(EngineError):

@@ -118,10 +118,17 @@ def _buc(value: Any, pcts: list[float], regains: list[float]) -> bool:
     ours = [e for e in entries if e.get("type") == "custom_audience"] or entries
     for entry in ours:
         pcts.extend(_numbers(entry, _PCT_FIELDS))
-        minutes = _number(entry.get("estimated_time_to_regain_access"))
-        if minutes is not None and minutes > 0:
-            regains.append(minutes * 60.0)
+    waits = _regains(ours)
+    # No wait named for our bucket: the throttle may be another bucket's (80004 is
+    # ads_management's), and its wait is the one to honour.
+    regains.extend(waits or _regains(entries))
     return bool(entries)
+
+
+def _regains(entries: list[dict[str, Any]]) -> list[float]:
+    """The entries' `estimated_time_to_regain_access` (minutes) in seconds, where above 0."""
+    minutes = (_number(e.get("estimated_time_to_regain_access")) for e in entries)
+    return [m * 60.0 for m in minutes if m is not None and m > 0]
 
 
 def _ad_account(value: Any, pcts: list[float], regains: list[float]) -> bool:

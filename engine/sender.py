@@ -119,7 +119,7 @@ class Sender:
             try:
                 reply = await self._client.upload(self._audience, self._mode, payload, session)
             except ApiError as exc:
-                self._observe(_outcome(exc), started)
+                self._observe(outcome_of(exc), started)
                 if exc.is_throttle:
                     throttles += 1
                     self._tally.throttled += 1
@@ -133,7 +133,7 @@ class Sender:
                 failures = await self._backoff(exc, batch, failures)
                 continue
             except TransportError as exc:
-                self._observe("transport", started)
+                self._observe(outcome_of(exc), started)
                 if (
                     exc.maybe_applied
                     and self._mode == "replace"
@@ -189,13 +189,16 @@ class Sender:
     async def _replace_started(self) -> dict[str, Any] | None:
         """Whether the API saw batch 1 of this replace session; None when it did not."""
         for attempt in range(self._retry.max_retries + 1):
+            started = time.monotonic()
             try:
                 status = await self._client.session_status(self._audience, self._session_id)
             except (ApiError, TransportError) as exc:
+                self._observe(outcome_of(exc), started)
                 if attempt == self._retry.max_retries:
                     raise RetriesExhausted(exc, attempt + 1) from None
                 await self._sleep(self._retry.backoff.delay(attempt, self._rng))
                 continue
+            self._observe("ok", started)
             if status is None:
                 return None
             try:
@@ -206,7 +209,10 @@ class Sender:
         return None
 
 
-def _outcome(exc: ApiError) -> str:
+def outcome_of(exc: ApiError | TransportError) -> str:
+    """A failed request's outcome as the metrics label it."""
+    if isinstance(exc, TransportError):
+        return "transport"
     if exc.is_throttle:
         return "throttled"
     return "transient" if exc.is_transient else "permanent"

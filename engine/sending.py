@@ -25,7 +25,7 @@ from .journal import Journal
 from .limiter import AccountLimiter
 from .normalize import Schema
 from .report import Tally
-from .sender import RetryPolicy, Sender, payload_parts
+from .sender import RetryPolicy, Sender, outcome_of, payload_parts
 from .session import NextFn, SessionCoordinator
 
 log = logging.getLogger(__name__)
@@ -210,17 +210,25 @@ class SendStage:
         ctx = self._ctx
         attempt = 0
         while True:
+            started = time.monotonic()
             try:
                 status = await ctx.client.operation_status(ctx.job.audience_id)
             except (ApiError, TransportError) as exc:
+                self._observe(outcome_of(exc), started)
                 if isinstance(exc, ApiError) and not exc.is_transient:
                     raise
                 status = "unknown"
+            else:
+                self._observe("ok", started)
             if status not in ("replace_in_progress", "unknown"):
                 return
             # Deterministic doubling: this waits on Meta's job, not on a shared budget.
             await asyncio.sleep(min(SETTLE_POLL_MAX_S, ctx.retry.backoff.base_s * 2**attempt))
             attempt += 1
+
+    def _observe(self, outcome: str, started: float) -> None:
+        if self._ctx.on_request is not None:
+            self._ctx.on_request(outcome, time.monotonic() - started)
 
     async def _empty_replace(self) -> None:
         if not self._ctx.job.allow_empty_replace:

@@ -113,6 +113,7 @@ class Worker:
         uploader: Uploader,
         metrics: Metrics,
     ) -> None:
+        self._config = config
         self._secrets = secrets
         self._layout = layout
         self._store = store
@@ -162,7 +163,8 @@ class Worker:
             if job_id not in keep:
                 path.unlink(missing_ok=True)
         for job in jobs:
-            log.info("resuming job %s (%s)", job.id, job.state)
+            with job_context(job):
+                log.info("resuming job %s (%s)", job.id, job.state)
             self._start(job)
 
     def cancel(self, job: Job) -> None:
@@ -240,6 +242,8 @@ class Worker:
                 access_token=self._secrets.token_for(job.ad_account),
                 checkpoint=self._layout.checkpoint(job.id),
                 restart=False,
+                connect_timeout_s=self._config.connect_timeout_s,
+                read_timeout_s=self._config.read_timeout_s,
                 progress=self._progress_listener(live),
                 stop=live.stop,
             )
@@ -304,7 +308,8 @@ def _bearer(token: str) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/jobs" or request.path.startswith("/jobs/"):
-            given = request.headers.get("Authorization", "").encode()
+            # Header text is Latin-1 on the wire: surrogateescape keeps odd bytes comparable.
+            given = request.headers.get("Authorization", "").encode(errors="surrogateescape")
             if not hmac.compare_digest(given, expected):
                 denied = _error(401, "a valid bearer token is required")
                 denied.headers["WWW-Authenticate"] = "Bearer"
@@ -362,6 +367,8 @@ class _Api:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
             raise Refusal(400, "limit must be an integer") from None
+        if limit < 1:
+            raise Refusal(400, "limit must be at least 1")
         jobs = self._worker.store.jobs(state, limit)
         return web.json_response({"jobs": [self._view(j) for j in jobs]}, dumps=_dumps)
 

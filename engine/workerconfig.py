@@ -96,6 +96,8 @@ class WorkerConfig:
     input_dirs: tuple[Path, ...] = ()  # empty: any path the worker can read
     max_body_mb: float = 64.0
     log_level: str = "info"
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 120.0
     limits: LimiterConfig = field(default_factory=LimiterConfig)
     job_defaults: Mapping[str, Any] = field(default_factory=dict)
 
@@ -109,6 +111,8 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "api_version": str,
     "max_body_mb": (int, float),
     "log_level": str,
+    "connect_timeout_s": (int, float),
+    "read_timeout_s": (int, float),
 }
 
 
@@ -144,6 +148,8 @@ def load_config(path: Path) -> WorkerConfig:
     config = WorkerConfig(**values)
     if not 0 <= config.port <= 65535 or config.max_jobs < 1 or config.grace_s < 0:
         raise ConfigError("port must be 0..65535, max_jobs at least 1, grace_s not negative")
+    if not (config.connect_timeout_s > 0 and config.read_timeout_s > 0):
+        raise ConfigError("connect_timeout_s and read_timeout_s must be above 0")
     if logging.getLevelName(config.log_level.upper()) not in range(0, 51):
         raise ConfigError(
             f"log_level must be debug, info, warning or error, not {config.log_level}"

@@ -156,6 +156,19 @@ def test_multipart_boundary_never_occurs_in_a_value() -> None:
             False,
         ),
         (400, {"error": {"code": 190, "message": "bad token"}}, 190, None, False, False),
+        # An HTTP 5xx is transient whatever code it carries, unless the code is permanent;
+        # a permanent code stays permanent though the reply calls itself transient.
+        (503, {"error": {"code": 3, "message": "capability"}}, 3, None, True, False),
+        (500, {"error": {"code": 190, "message": "bad token"}}, 190, None, False, False),
+        (
+            400,
+            {"error": {"code": 368, "message": "blocked", "is_transient": True}},
+            368,
+            None,
+            False,
+            False,
+        ),
+        (403, {"error": {"code": 294, "message": "no permission"}}, 294, None, False, False),
     ],
 )
 async def test_errors_are_typed(

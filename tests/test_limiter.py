@@ -399,6 +399,15 @@ def test_parse_usage_prefers_the_custom_audience_entries() -> None:
     assert usage == Usage(pct=40.0, regain_s=180.0)  # minutes -> seconds; ads_management ignored
 
 
+def test_parse_usage_takes_another_buckets_wait_when_ours_names_none() -> None:
+    # An 80004 comes from ads_management: its wait holds though custom_audience is calm.
+    buc = (
+        '{"1": [{"type": "custom_audience", "call_count": 10},'
+        ' {"type": "ads_management", "call_count": 100, "estimated_time_to_regain_access": 5}]}'
+    )
+    assert parse_usage({"X-Business-Use-Case-Usage": buc}) == Usage(pct=10.0, regain_s=300.0)
+
+
 def test_parse_usage_uses_all_entries_without_custom_audience() -> None:
     buc = '{"1": [{"type": "ads_insights", "call_count": 81, "total_time": 3}]}'
     assert parse_usage({"x-business-use-case-usage": buc}) == Usage(pct=81.0, regain_s=None)

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import yarl
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.fakegraph import FakeGraph, LogEntry
@@ -548,6 +549,13 @@ async def test_bearer_token_bad_requests_and_one_worker_per_state_dir(
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_TOKEN}):
         async with http.get(f"{url}/jobs", headers=headers) as resp:
             assert resp.status == 401
+    # Bytes that are not UTF-8 in the header are a wrong token too, not a crash.
+    where = yarl.URL(url)
+    reader, writer = await asyncio.open_connection(where.host, where.port)
+    writer.write(b"GET /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xe9\xff\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 401")
+    writer.close()
     async with http.get(f"{url}/healthz") as resp:
         assert resp.status == 200  # probes need no token
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -580,6 +588,9 @@ async def test_bearer_token_bad_requests_and_one_worker_per_state_dir(
         headers={**auth, "Content-Type": "text/csv"},
     ) as resp:
         assert resp.status == 422 and "no column maps to a key" in (await resp.json())["error"]
+    for limit in ("0", "-1", "ten"):
+        async with http.get(f"{url}/jobs", params={"limit": limit}, headers=auth) as resp:
+            assert resp.status == 400, limit
     async with http.get(f"{url}/jobs/nope", headers=auth) as resp:
         assert resp.status == 404 and (await resp.json()) == {"error": "no such job"}
     assert API_TOKEN not in worker.log_text()
