@@ -108,5 +108,6 @@ class Journal:
             self._checkpoint.acknowledged(record, closes_session=last)
 
     def finish(self, state: str, retries: int, throttled: int) -> None:
+        """Record the job's state and its retry and throttle counts over every run so far."""
         if self._checkpoint is not None:
-            self._checkpoint.finish(state, self.retries + retries, self.throttled + throttled)
+            self._checkpoint.finish(state, retries, throttled)

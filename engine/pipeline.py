@@ -71,8 +71,15 @@ async def run_job(
         if not journal.sessions:
             journal.open_session(job.session_id or new_session_id(), job.mode)
         first = journal.sessions[0]
+        # Counts of earlier runs of a resumed job are the job's too, from the first event on.
         tally = Tally(
-            job.mode, job.audience_id, job.ad_account, first.session_id, listener=progress
+            job.mode,
+            job.audience_id,
+            job.ad_account,
+            first.session_id,
+            retries=journal.retries,
+            throttled=journal.throttled,
+            listener=progress,
         )
         stop = stop or asyncio.Event()
         raw: asyncio.Queue[RawChunk | CsvBlock | None] = asyncio.Queue(QUEUE_CHUNKS)
@@ -113,8 +120,6 @@ async def run_job(
         journal.finish(
             "completed" if status == "completed" else "running", tally.retries, tally.throttled
         )
-        tally.retries += journal.retries
-        tally.throttled += journal.throttled
         return tally.report(
             status,
             error=error,

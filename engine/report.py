@@ -109,6 +109,16 @@ class Tally:
         self.batches_total += new_batches
         self._changed()
 
+    def retry(self) -> None:
+        """A request failed and will be tried again."""
+        self.retries += 1
+        self._changed()
+
+    def throttle(self) -> None:
+        """The API answered a request with a throttle: the ad account pauses."""
+        self.throttled += 1
+        self._changed()
+
     def acknowledged(self, rows: int, body: dict[str, Any], session_id: int) -> None:
         self.rows_sent += rows
         self.batches_sent += 1

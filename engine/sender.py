@@ -122,7 +122,7 @@ class Sender:
                 self._observe(outcome_of(exc), started)
                 if exc.is_throttle:
                     throttles += 1
-                    self._tally.throttled += 1
+                    self._tally.throttle()
                     pause = self._limiter.on_throttle(parse_usage(exc.headers))
                     log.info("ad account throttled (code %s), pausing %.1fs", exc.info.code, pause)
                     if throttles > self._retry.max_throttles:
@@ -180,7 +180,7 @@ class Sender:
     async def _backoff(self, exc: ApiError | TransportError, batch: Batch, failures: int) -> int:
         if failures >= self._retry.max_retries:
             raise RetriesExhausted(exc, failures + 1) from None
-        self._tally.retries += 1
+        self._tally.retry()
         delay = self._retry.backoff.delay(failures, self._rng)
         log.info("batch %d failed (%s), retrying in %.2fs", batch.seq, exc, delay)
         await self._sleep(delay)

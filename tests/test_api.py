@@ -166,10 +166,19 @@ async def test_two_uploads_share_one_uploader_and_limiter(fake: FakeGraph, peopl
 
 
 async def test_progress_events_add_up_to_the_report(fake: FakeGraph, people: Path) -> None:
+    fake.fail_next(1, 80003, subcode=2446079, after=1)
+    fake.fail_next(1, 2, http_status=500)
     events: list[engine.Progress] = []
     report = await engine.upload(people, **options(fake, progress=events.append))
     assert report.status == "completed"
+    assert (report.throttled, report.retries) == (1, 1)
+    # A throttle or a retry is an event of its own: a UI sees the pause as it begins.
+    assert any(
+        e.throttled == 1 and e.rows_sent == events[events.index(e) - 1].rows_sent
+        for e in events[1:]
+    )
     fields = ("rows_read", "rows_rejected", "rows_sent", "batches_total", "batches_sent")
+    fields += ("retries", "throttled")
     for name in fields:
         series = [getattr(e, name) for e in events]
         assert series == sorted(series), f"{name} never goes down"
