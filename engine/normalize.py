@@ -328,7 +328,7 @@ def _zip(raw: str) -> str | None:
         # US: 5 digits, 9 digits, or ZIP+4 "12345-6789" -> the first five digits.
         if (n == 5 or n == 9) and s.isdigit():
             return s[:5]
-        if n == 10 and s[5] == "-" and s[:5].isdigit() and s[6:].isdigit():
+        if n == 10 and s[5] in "- " and s[:5].isdigit() and s[6:].isdigit():
             return s[:5]
         out = s.translate(_DROP_NON_ALNUM)
     else:
@@ -523,13 +523,15 @@ _EMAIL_NOISE = bytes(b for b in range(256) if (0x20 < b < 0x7F and b not in b"@.
 def _plain_addresses(text: str, cells: list[str], with_at: int) -> bool:
     """Whether every one of the `with_at` cells holding an "@" is an address by `_is_email`.
 
-    `text` is the cells joined by newlines. True needs: as many "@" in the text as cells
+    `text` is the cells joined by newlines. True needs: no newline inside a cell, as many
+    "@" in the text as cells
     holding one (so each holds exactly one), none right after a newline (empty local part),
     no "@." (domain starting with a dot), no cell ending in ".", no space or unprintable
     character, and a "." after every "@" within its line, read from the skeleton.
     """
     if (
         text.count("@") != with_at
+        or text.count("\n") != len(cells) - 1  # a cell's own newline would pass for a border
         or "@." in text
         or "\n@" in text
         or ".\n" in text
