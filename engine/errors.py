@@ -19,6 +19,12 @@ REPLACE_NO_FIRST_BATCH = 1870147
 REPLACE_TOO_LARGE = 1870144
 
 
+EMPTY_REPLACE = (
+    "replace with zero valid rows would empty the audience; "
+    "pass --allow-empty-replace to do that on purpose"
+)
+
+
 class EngineError(Exception):
     """Base of every error the engine raises on purpose."""
 

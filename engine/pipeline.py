@@ -23,7 +23,7 @@ from .batcher import Batch, Batcher
 from .checkpoint import Checkpoint
 from .client import GraphClient
 from .config import UploadJob, new_session_id
-from .errors import ApiError, InputError, Interrupted, RetriesExhausted
+from .errors import EMPTY_REPLACE, ApiError, InputError, Interrupted, RetriesExhausted
 from .hashing import hash_unit
 from .journal import Journal
 from .limiter import AccountLimiter
@@ -59,8 +59,9 @@ async def run_job(
 ) -> Report:
     """Run one upload to the end and report it (`client` is None for a dry run).
 
-    Raises InputError (bad usage or input, nothing sent). API refusals and exhausted
-    retries come back as a report with status "failed" and the API's error. Setting
+    Raises InputError (bad usage or input, nothing sent in this run). API refusals,
+    exhausted retries, and input that breaks after requests went out come back as a report
+    with status "failed" and the reason (the API's error, or the input's). Setting
     `stop` ends the job early: sends in flight finish, the session is left open, and
     the report says "interrupted". `progress` receives the running counts. With
     `job.checkpoint`, acknowledged batches are recorded there and the same job run
@@ -81,7 +82,19 @@ async def run_job(
             throttled=journal.throttled,
             listener=progress,
         )
-        stop = stop or asyncio.Event()
+        # The send stage stops taking batches once `halt` is set: on `stop`, or when the input
+        # turns out bad after requests went out (those in flight then finish).
+        halt = asyncio.Event()
+        relay = asyncio.ensure_future(_relay(stop, halt)) if stop is not None else None
+        bad_input: list[InputError] = []
+        requests = 0
+
+        def observe(outcome: str, seconds: float) -> None:
+            nonlocal requests
+            requests += 1
+            if on_request is not None:
+                on_request(outcome, seconds)
+
         raw: asyncio.Queue[RawChunk | CsvBlock | None] = asyncio.Queue(QUEUE_CHUNKS)
         hashed: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
         batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
@@ -89,7 +102,7 @@ async def run_job(
         sending = None
         with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
             stages = [
-                _read(source, raw),
+                _read(source, raw, None if client is None else (bad_input, halt)),
                 _normalize(raw, hashed, schema, options, pool),
             ]
             if client is None:
@@ -97,9 +110,7 @@ async def run_job(
                 stages.append(_drain(batches))
             else:
                 sending = SendStage(
-                    SendContext(
-                        job, client, limiter, tally, journal, schema, retry, stop, on_request
-                    )
+                    SendContext(job, client, limiter, tally, journal, schema, retry, halt, observe)
                 )
                 stages.append(
                     _batch(hashed, batches, job, tally, write_rejects, sending.already_sent)
@@ -109,13 +120,23 @@ async def run_job(
             error = message = None
             try:
                 await _gather_or_cancel(stages)
+                if client is None and job.mode == "replace":
+                    _check_replace(job, tally)
             except (ApiError, RetriesExhausted) as exc:
                 status, error, message = "failed", exc.info, str(exc)
             except Interrupted as exc:
-                status, message = "interrupted", str(exc)
+                if bad_input and not requests:
+                    raise bad_input[0] from None  # nothing went out: a plain input error
+                if bad_input:
+                    status, message = "failed", f"{bad_input[0]}; the batches before it were sent"
+                else:
+                    status, message = "interrupted", str(exc)
             except asyncio.CancelledError:
                 journal.finish("running", tally.retries, tally.throttled)
                 raise
+            finally:
+                if relay is not None:
+                    relay.cancel()
         notes = [*(sending.notes if sending else []), *([message] if message else [])]
         journal.finish(
             "completed" if status == "completed" else "running", tally.retries, tally.throttled
@@ -192,10 +213,35 @@ async def _gather_or_cancel(coros: list[Coroutine[Any, Any, None]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _read(source: InputFile, out: asyncio.Queue[RawChunk | CsvBlock | None]) -> None:
-    async for unit in source.aunits(CHUNK_ROWS):
-        await out.put(unit)
+async def _relay(stop: asyncio.Event, halt: asyncio.Event) -> None:
+    await stop.wait()
+    halt.set()
+
+
+async def _read(
+    source: InputFile,
+    out: asyncio.Queue[RawChunk | CsvBlock | None],
+    on_error: tuple[list[InputError], asyncio.Event] | None,
+) -> None:
+    """Feed the input's units on. Input that breaks midway (a truncated .gz, a read error)
+    raises at once, or with `on_error`, is kept there and halts the send stage, so the
+    requests in flight finish and the job ends as failed, not with nothing said."""
+    try:
+        async for unit in source.aunits(CHUNK_ROWS):
+            await out.put(unit)
+    except InputError as exc:
+        if on_error is None:
+            raise
+        on_error[0].append(exc)
+        on_error[1].set()
+        return
     await out.put(None)
+
+
+def _check_replace(job: UploadJob, tally: Tally) -> None:
+    """A dry run refuses an empty replace as the real one would."""
+    if tally.rows_read == tally.rows_rejected and not job.allow_empty_replace:
+        raise InputError(EMPTY_REPLACE)
 
 
 async def _normalize(

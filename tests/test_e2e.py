@@ -60,6 +60,7 @@ async def test_remove_takes_rows_out(fake: FakeGraph, tmp_path: Path) -> None:
         csv.writer(dst).writerows([rows[0], *rows[1:2001]])
     args = ("--concurrency", "8", "--batch-size", "500", "--default-country-code", "1")
     assert (await run_cli(*upload_args(everyone, fake.base_url, *args))).code == 0
+    fake.configure(latency=(0.0, 0.02))
     run = await run_cli(*upload_args(some, fake.base_url, "--mode", "remove", *args))
     assert run.code == 0, run.stderr
     check_counts(run.report)
@@ -183,14 +184,38 @@ async def test_empty_replace_is_refused_unless_allowed(fake: FakeGraph, tmp_path
     empty = tmp_path / "empty.csv"
     empty.write_text("email\nnot-an-email\n\n")
     before = len(fake.log)
-    run = await run_cli(*upload_args(empty, fake.base_url, "--mode", "replace"))
-    assert run.code == 2 and "allow-empty-replace" in run.stderr
+    for dry in ((), ("--dry-run",)):
+        run = await run_cli(*upload_args(empty, fake.base_url, "--mode", "replace", *dry))
+        assert run.code == 2 and "allow-empty-replace" in run.stderr, dry
     assert len(fake.log) == before
     run = await run_cli(
         *upload_args(empty, fake.base_url, "--mode", "replace", "--allow-empty-replace")
     )
     assert run.code == 0, run.stderr
     assert fake.members(AUDIENCE) == set()
+
+
+async def test_input_that_breaks_after_batches_went_out_fails_the_job(
+    fake: FakeGraph, tmp_path: Path
+) -> None:
+    # A .gz cut short: the rows before the cut are sent, then the job fails (exit 1, not 2:
+    # something was sent), with a report naming where the input broke.
+    body = b"email\n" + b"".join(b"user%d@example.com\n" % i for i in range(200_000))
+    packed = gzip.compress(body)
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(packed[: len(packed) * 3 // 4])
+    run = await run_cli(*upload_args(cut, fake.base_url, "--batch-size", "1000"))
+    assert run.code == 1, run.stderr
+    report = run.report
+    assert report["status"] == "failed"
+    assert "unreadable after data row" in report["message"]
+    assert "unreadable after data row" in run.stderr
+    assert report["rows_read"] == report["rows_valid"] + report["rows_rejected"]
+    assert report["rows_sent"] <= report["rows_valid"]
+    acked = [e for e in fake.log if e.outcome == "ok"]
+    assert report["batches_sent"] == len(acked) > 0
+    assert report["rows_sent"] == sum(e.rows for e in acked)
+    assert not any(e.last_batch_flag for e in fake.log)  # the session stays open
 
 
 async def test_permanent_error_stops_the_job(fake: FakeGraph, people: Path) -> None:
