@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aioresponses import aioresponses
 
 from engine.client import GraphClient, appsecret_proof, multipart_body
 from engine.errors import ApiError, TransportError
@@ -236,3 +237,52 @@ async def test_session_status(graph: Graph, http: aiohttp.ClientSession) -> None
     assert await client.session_status("1", 5) == {"session_id": "5", "num_received": "10"}
     assert await client.session_status("1", 6) is None
     assert graph.requests[0].query["access_token"] == "t"
+
+
+# --- failures a loopback server cannot stage on demand: aioresponses raises them -----------
+
+URL = "https://graph.example/v25.0/1/users"
+
+
+@pytest.mark.parametrize(
+    ("exception", "maybe_applied", "says"),
+    [
+        (TimeoutError(), True, "timed out"),
+        (aiohttp.ServerDisconnectedError(), True, "ServerDisconnectedError"),
+        (aiohttp.ClientPayloadError("cut"), True, "ClientPayloadError"),
+        (
+            aiohttp.ClientConnectorError(
+                aiohttp.client_reqrep.ConnectionKey(
+                    "graph.example", 443, True, None, None, None, None
+                ),
+                OSError(111, "refused"),
+            ),
+            False,
+            "cannot connect",
+        ),
+    ],
+)
+async def test_transport_failures_say_whether_the_batch_may_have_landed(
+    http: aiohttp.ClientSession, exception: Exception, maybe_applied: bool, says: str
+) -> None:
+    client = GraphClient(http, access_token="secret-token", api_base="https://graph.example")
+    with aioresponses() as mocked:
+        mocked.post(URL, exception=exception)
+        with pytest.raises(TransportError) as caught:
+            await client.upload("1", "add", b"{}", {"session_id": 1, "batch_seq": 1})
+    assert caught.value.maybe_applied is maybe_applied
+    assert says in str(caught.value)
+    assert "secret-token" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html>Sorry, something went wrong</html>", b"", b'{"error": 1}', b"[1]"]
+)
+async def test_a_200_without_a_usable_body_is_an_unknown_outcome(
+    graph: Graph, http: aiohttp.ClientSession, body: bytes
+) -> None:
+    client = GraphClient(http, access_token="t", api_base=graph.base)
+    graph.reply = lambda r: web.Response(status=200, body=body)
+    with pytest.raises(TransportError, match="unreadable reply") as caught:
+        await client.upload("1", "add", b"{}", {"session_id": 1, "batch_seq": 1})
+    assert caught.value.maybe_applied is True
