@@ -7,6 +7,7 @@ import csv
 import gzip
 import io
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -402,6 +403,20 @@ def test_fingerprint(tmp_path: Path) -> None:
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     with open_input(path) as source:
         assert source.fingerprint() != first
+    # A copy, or a touch, of the same bytes is the same input: resume must not refuse it.
+    Path(path).write_bytes(bytes(data))
+    with open_input(path) as source:
+        edited = source.fingerprint()
+    copy = tmp_path / "copy.csv"
+    shutil.copyfile(path, copy)
+    os.utime(copy, ns=(1, 1))
+    with open_input(str(copy)) as source:
+        assert source.fingerprint() == edited
+    middle = bytearray(data)
+    middle[len(middle) // 2 + 10] = ord("z")
+    copy.write_bytes(bytes(middle))
+    with open_input(str(copy)) as source:
+        assert source.fingerprint() != edited
 
 
 def test_close_is_idempotent(tmp_path: Path) -> None:
