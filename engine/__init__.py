@@ -4,8 +4,8 @@
     report = engine.upload_sync("people.csv", audience="2385...", ad_account="act_123")
 
 `Uploader` runs many uploads over one connection pool with one rate limiter per ad account;
-`upload` and `upload_sync` are one-off shortcuts. Every call returns a `Report`. The offline
-fake of the Graph API lives in `engine.fakegraph`.
+`upload` and `upload_sync` are one-off shortcuts; `UploadOptions` types their keywords.
+Every call returns a `Report`. The offline fake of the Graph API lives in `engine.fakegraph`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .errors import ApiError, ConfigError, EngineError, ErrorInfo, InputError
 from .report import Progress, Report
 
 if TYPE_CHECKING:
-    from .api import Uploader, upload, upload_sync
+    from .api import Uploader, UploadOptions, upload, upload_sync
     from .limiter import LimiterConfig
     from .sources import Rows
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # would double their start-up time and memory.
 _LAZY = {
     "Uploader": "api",
+    "UploadOptions": "api",
     "upload": "api",
     "upload_sync": "api",
     "LimiterConfig": "limiter",
@@ -41,6 +42,7 @@ __all__ = [
     "Progress",
     "Report",
     "Rows",
+    "UploadOptions",
     "Uploader",
     "upload",
     "upload_sync",

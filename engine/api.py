@@ -10,7 +10,7 @@ import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TypedDict, Unpack
 
 import aiohttp
 
@@ -23,7 +23,46 @@ from .report import ProgressFn, Report
 from .sender import RetryPolicy
 from .sources import Source, aopen_source
 
-__all__ = ["Uploader", "upload", "upload_sync"]
+__all__ = ["UploadOptions", "Uploader", "upload", "upload_sync"]
+
+
+class _Target(TypedDict):
+    audience: str | int
+    ad_account: str
+
+
+class UploadOptions(_Target, total=False):
+    """The keyword options of `Uploader.upload`, as `upload()` and `upload_sync()` take them.
+
+    `audience` and `ad_account` are required, the rest optional; defaults and meanings are
+    those of `Uploader.upload`. With `**options: Unpack[UploadOptions]` a type checker
+    checks each option's name and type, in your own wrappers too. The items mirror
+    `Uploader.upload`'s keyword parameters one for one (a test holds them to it).
+    """
+
+    mode: Mode
+    schema: str | Sequence[str] | None
+    column_map: Mapping[str, str] | None
+    format: str | None
+    prehashed: bool
+    default_country_code: str | None
+    batch_size: int
+    concurrency: int
+    workers: int | None
+    session_id: int | None
+    dry_run: bool
+    allow_empty_replace: bool
+    rejects_path: str | os.PathLike[str] | None
+    max_retries: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    checkpoint: str | os.PathLike[str] | None
+    restart: bool
+    session_window_s: float
+    access_token: str | None
+    app_secret: str | None
+    progress: ProgressFn | None
+    stop: asyncio.Event | None
 
 
 class Uploader:
@@ -141,6 +180,9 @@ class Uploader:
         same session, sending only what was not acknowledged. A checkpoint of a different
         job or of changed input is refused unless `restart` is set. `session_window_s` is
         Meta's 90-minute session window; change it only for a fake with a time scale.
+
+        The keyword parameters are the items of `UploadOptions`, which `upload()` and
+        `upload_sync()` take: change both together.
         """
         token = access_token or self._token
         if not dry_run and not token:
@@ -203,19 +245,36 @@ def _name(source: Source) -> str:
     return f"<{type(source).__name__}>"
 
 
-async def upload(source: Source, **options: Any) -> Report:
+async def upload(
+    source: Source,
+    *,
+    api_base: str = DEFAULT_API_BASE,
+    api_version: str = DEFAULT_API_VERSION,
+    limits: LimiterConfig | None = None,
+    **options: Unpack[UploadOptions],
+) -> Report:
     """Upload one people list with a one-off `Uploader`; see `Uploader.upload` for options.
 
-    Connection options of `Uploader` (`access_token`, `app_secret`, `api_base`,
-    `api_version`, `limits`) are accepted here too.
+    `api_base`, `api_version` and `limits` configure that `Uploader`; every other keyword
+    is an `UploadOptions` item (`access_token` and `app_secret` among them).
     """
-    own = {k: options.pop(k) for k in ("api_base", "api_version", "limits") if k in options}
-    async with Uploader(**own) as uploader:
+    async with Uploader(api_base=api_base, api_version=api_version, limits=limits) as uploader:
         return await uploader.upload(source, **options)
 
 
-def upload_sync(source: Source, **options: Any) -> Report:
-    """Blocking `upload()` for plain scripts. Inside a running event loop, await `upload()`."""
+def upload_sync(
+    source: Source,
+    *,
+    api_base: str = DEFAULT_API_BASE,
+    api_version: str = DEFAULT_API_VERSION,
+    limits: LimiterConfig | None = None,
+    **options: Unpack[UploadOptions],
+) -> Report:
+    """Blocking `upload()`, same arguments, for plain scripts.
+
+    Raises RuntimeError inside a running event loop (a notebook, an async framework):
+    await `upload()` there.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -225,4 +284,6 @@ def upload_sync(source: Source, **options: Any) -> Report:
             "upload_sync() cannot run inside a running event loop (a notebook or async "
             "framework); use `await engine.upload(...)` there"
         )
-    return asyncio.run(upload(source, **options))
+    return asyncio.run(
+        upload(source, api_base=api_base, api_version=api_version, limits=limits, **options)
+    )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import inspect
 import logging
 import signal
 import sys
 import textwrap
+import typing
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -253,3 +255,68 @@ def test_reports_are_json_ready(people: Path) -> None:
     )
     assert report.status == "dry_run"
     assert orjson.loads(orjson.dumps(report.to_dict()))["rows_read"] == N_ROWS
+
+
+def test_upload_options_mirror_uploader_upload() -> None:
+    """UploadOptions (what upload() and upload_sync() take) is Uploader.upload's keywords."""
+    signature = inspect.signature(engine.Uploader.upload)
+    keywords = {n: p for n, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert list(signature.parameters) == ["self", "source", *keywords]
+    hints = typing.get_type_hints(engine.Uploader.upload)
+    assert typing.get_type_hints(engine.UploadOptions) == {n: hints[n] for n in keywords}
+    required = {n for n, p in keywords.items() if p.default is p.empty}
+    assert engine.UploadOptions.__required_keys__ == required == {"audience", "ad_account"}
+
+
+def test_upload_and_upload_sync_take_the_same_arguments() -> None:
+    one_off = inspect.signature(engine.upload)
+    assert inspect.signature(engine.upload_sync) == one_off
+    own = [n for n, p in one_off.parameters.items() if p.kind is p.KEYWORD_ONLY]
+    assert own == ["api_base", "api_version", "limits"]  # the rest is **UploadOptions
+    uploader = inspect.signature(engine.Uploader).parameters
+    for name in own:
+        assert one_off.parameters[name].default == uploader[name].default
+    options = one_off.parameters["options"]
+    assert options.kind is options.VAR_KEYWORD and options.annotation == "Unpack[UploadOptions]"
+
+
+def test_a_type_checker_checks_upload_options(tmp_path: Path) -> None:
+    """Option names and types are checked statically, as `**options: Any` could not."""
+    mypy = pytest.importorskip("mypy.api")
+    script = tmp_path / "caller.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import engine
+
+            engine.upload_sync("a.csv", audience=1, ad_account="act_1", batch_size=500)
+            engine.upload_sync("a.csv", audience=1, ad_account="act_1", batch_sise=500)
+            engine.upload_sync("a.csv", audience=1, ad_account="act_1", dry_run="yes")
+            engine.upload_sync("a.csv", audience=1)
+
+            async def main() -> engine.Report:
+                return await engine.upload(
+                    "a.csv", audience=1, ad_account="act_1", api_base="x", progress=print
+                )
+            """
+        )
+    )
+    out, _, status = mypy.run(
+        [
+            "--config-file=",
+            "--strict",
+            "--python-version=3.11",
+            f"--cache-dir={tmp_path / 'cache'}",
+            "--no-error-summary",
+            str(script),
+        ]
+    )
+    errors = [line.split(": error: ")[1] for line in out.splitlines() if ": error: " in line]
+    assert status == 1
+    assert errors == [
+        'Unexpected keyword argument "batch_sise" for "upload_sync"; did you mean '
+        '"batch_size"?  [call-arg]',
+        'Argument "dry_run" to "upload_sync" has incompatible type "str"; expected "bool"  '
+        "[arg-type]",
+        'Missing named argument "ad_account" for "upload_sync"  [call-arg]',
+    ]
