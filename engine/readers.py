@@ -229,6 +229,11 @@ class InputFile:
         of a CSV file for the workers to parse themselves (`CsvBlock.parse()`)."""
         return self.achunks(chunk_rows)
 
+    def estimated_rows(self) -> int | None:
+        """About how many data rows the input holds, for Meta's `estimated_num_total`; None
+        when that cannot be told without reading it all (stdin, gzip, iterators)."""
+        return None
+
     def fingerprint(self) -> str:
         """Cheap identity of the input, to tell on resume whether it is the same file.
 
@@ -285,7 +290,25 @@ def _unreadable(row: int, exc: BaseException) -> InputError:
     return InputError(f"input became unreadable after data row {row}: {exc}")
 
 
+def _lines_estimate(path: str) -> int | None:
+    """A plain file's line count, from its size and the lines in its first bytes."""
+    if path == "-" or path.lower().endswith(".gz"):
+        return None
+    try:
+        size = os.stat(path).st_size
+        with open(path, "rb") as f:
+            sample = f.read(_FINGERPRINT_SPAN)
+    except OSError:
+        return None
+    lines = sample.count(b"\n") + (len(sample) == size and not sample.endswith(b"\n"))
+    return round(size * lines / len(sample)) if sample else 0
+
+
 class _CsvInput(InputFile):
+    def estimated_rows(self) -> int | None:
+        lines = _lines_estimate(self.path)
+        return None if lines is None else max(0, lines - 1)  # the header is no data row
+
     def __init__(self, path: str, stream: BinaryIO, owned: bool, delimiter: str | None) -> None:
         super().__init__(path)
         self._stream = stream
@@ -636,6 +659,9 @@ _BOM = b"\xef\xbb\xbf"
 class _JsonlInput(InputFile):
     _map_needs_column = False
 
+    def estimated_rows(self) -> int | None:
+        return _lines_estimate(self.path)
+
     def __init__(self, path: str, stream: BinaryIO, owned: bool) -> None:
         super().__init__(path)
         self._stream = stream
@@ -748,6 +774,9 @@ class _ParquetInput(InputFile):
         except Exception as exc:  # pyarrow raises several types for a file it cannot open
             raise InputError(f"cannot read parquet file {path!r}: {exc}") from exc
         self.columns = list(self._file.schema_arrow.names)
+
+    def estimated_rows(self) -> int | None:
+        return int(self._file.metadata.num_rows)
 
     def chunks(self, chunk_rows: int = 5000) -> Iterator[RawChunk]:
         import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]

@@ -605,3 +605,25 @@ def test_plain_csv_goes_to_the_workers_in_blocks(tmp_path: Path) -> None:
         readers.BLOCK_BYTES = saved
     assert blocks > 10 and rejects == []
     assert rows == [(i + 1, (f"u{i}@x.com", str(i))) for i in range(3000)]
+
+
+def test_estimated_rows(tmp_path: Path) -> None:
+    # Meta's estimated_num_total: near the real count where it is cheap, None where not.
+    lines = b"".join(b"user%d@example.com,+1 555 %04d\n" % (i, i) for i in range(50_000))
+    csv_path = write(tmp_path, "in.csv", b"email,phone\n" + lines)
+    jsonl_path = write(tmp_path, "in.jsonl", b'{"email": "a@x.com"}\n' * 3_000)
+    gz_path = write(tmp_path, "in.csv.gz", gzip.compress(b"email\n" + lines))
+    with open_input(csv_path) as source:
+        assert 45_000 <= (source.estimated_rows() or 0) <= 55_000
+    with open_input(jsonl_path) as source:
+        assert source.estimated_rows() == 3_000
+    with open_input(gz_path) as source:
+        assert source.estimated_rows() is None
+    with open_input(write(tmp_path, "one.csv", b"email")) as source:
+        assert source.estimated_rows() == 0
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"email": ["a@x.com"] * 1234}), tmp_path / "in.parquet")
+    with open_input(str(tmp_path / "in.parquet")) as source:
+        assert source.estimated_rows() == 1234
