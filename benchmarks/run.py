@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profiles: dict[tuple[str, int], dict[str, float]] = {}
     for latency in args.latencies:
         with fake_graph(latency_ms=latency) as url:
-            for rows in args.rows:
+            for rows in filter(None, args.rows):
                 for schema in args.schemas:
                     path = dataset(args.cache, schema, rows)
                     if (schema, rows) not in profiles:
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         run_sdk(scenario, path, url, min(rows, args.sdk_rows))
                     _progress(scenario)
                     scenarios.append(scenario)
-    throttled = run_throttled(args)
+    throttled = run_throttled(args) if args.throttle_rows else []
     results = {
         "machine": _machine(),
         "scenarios": [asdict(s) | {"ratio": s.ratio} for s in scenarios],
@@ -134,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     ints = _comma_list(int)
-    p.add_argument("--rows", type=ints, default=[1_000_000], help="comma list of row counts")
+    p.add_argument(
+        "--rows", type=ints, default=[1_000_000], help="comma list of row counts (0: none)"
+    )
     p.add_argument("--schemas", type=_comma_list(str), default=["email", "8key"])
     p.add_argument("--latencies", type=ints, default=[0, 200], help="fake latency, ms")
     p.add_argument(
@@ -156,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
         "--throttle-rows",
         type=int,
         default=1_000_000,
-        help="EMAIL rows in the throttled scenario (100 requests: two cap windows' worth)",
+        help="EMAIL rows in the throttled scenario (100 requests: two cap windows' worth; "
+        "0 skips it)",
     )
     p.add_argument("--throttle-batch", type=int, default=10_000)
     p.add_argument("--smoke", action="store_true", help="10,000 rows: a quick check, not speed")
