@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Literal
 
 from .errors import ErrorInfo
@@ -18,7 +19,12 @@ MAX_INVALID_SAMPLES = 100
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """What happened to a job (SPEC section 7). `to_dict()` is the JSON report."""
+    """What happened to a job (SPEC section 7). `to_dict()` is the JSON report.
+
+    Immutable all through: the mappings are read-only views of the report's own copies and
+    `sessions` a tuple, so a report handed around (to a callback, a cache, XCom) stays what
+    the job said. `to_dict()` returns fresh plain dicts and lists; the report pickles.
+    """
 
     status: Status
     mode: str
@@ -28,25 +34,52 @@ class Report:
     rows_read: int
     rows_valid: int
     rows_rejected: int
-    rejected_by_reason: dict[str, int]
+    rejected_by_reason: Mapping[str, int]
     rows_sent: int
     batches_total: int
     batches_sent: int
     num_received: int
     num_invalid_entries: int
-    invalid_entry_samples: dict[str, str]
+    invalid_entry_samples: Mapping[str, str]
     retries: int
     throttled: int
     elapsed_s: float
     rows_per_s: float
-    error: dict[str, Any] | None = None
+    error: Mapping[str, Any] | None = None
     message: str | None = None
-    sessions: list[dict[str, Any]] = field(default_factory=list)
+    sessions: tuple[Mapping[str, Any], ...] = ()
     resumed: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("rejected_by_reason", "invalid_entry_samples", "error", "sessions"):
+            # The fields are frozen; this is how a frozen dataclass sets its own in __init__.
+            object.__setattr__(self, name, _read_only(getattr(self, name)))
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON report, as plain data."""
-        return asdict(self)
+        """The JSON report, as plain data (dicts, lists and scalars), a fresh copy each call."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def __reduce__(self) -> tuple[type[Report], tuple[Any, ...]]:
+        # Read-only views do not pickle; the plain values do, and __init__ freezes them again.
+        return (type(self), tuple(_plain(getattr(self, f.name)) for f in fields(self)))
+
+
+def _read_only(value: Any) -> Any:
+    """`value` with every mapping a read-only copy and every list a tuple, all the way down."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _read_only(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_read_only(v) for v in value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """`_read_only` undone: dicts and lists, as JSON has them."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +201,6 @@ class Tally:
             rows_per_s=round(self.rows_read / elapsed, 1) if elapsed > 0 else 0.0,
             error=error.to_dict() if error else None,
             message=message,
-            sessions=sessions or [],
+            sessions=tuple(sessions or ()),
             resumed=resumed,
         )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import csv
+import dataclasses
 import inspect
 import logging
+import pickle
 import signal
 import sys
 import textwrap
@@ -320,3 +323,39 @@ def test_a_type_checker_checks_upload_options(tmp_path: Path) -> None:
         "[arg-type]",
         'Missing named argument "ad_account" for "upload_sync"  [call-arg]',
     ]
+
+
+async def test_a_report_cannot_be_changed(fake: FakeGraph, people: Path) -> None:
+    """Frozen all through, mappings and sessions too; to_dict() is plain data, as before."""
+    fake.fail_next(1, 190, message="Invalid OAuth access token", after=2)
+    failed = await engine.upload(people, **options(fake))
+    samples = {"0": "not a hash"}
+    report = dataclasses.replace(failed, invalid_entry_samples=samples)
+    assert report.status == "failed" and report.rejected_by_reason and report.error
+    samples["1"] = "changed after the fact"  # the report holds its own copy
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.rows_sent = 0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        report.rejected_by_reason["invalid_email"] = 0  # type: ignore[index]
+    with pytest.raises(TypeError):
+        report.invalid_entry_samples["0"] = ""  # type: ignore[index]
+    with pytest.raises(TypeError):
+        report.error["code"] = 200  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        report.sessions.append({})  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        report.sessions[0]["mode"] = "replace"  # type: ignore[index]
+
+    plain = report.to_dict()
+    assert plain["invalid_entry_samples"] == {"0": "not a hash"}
+    assert plain["sessions"] == [{"session_id": report.session_id, "mode": "add"}]
+    assert plain["error"]["code"] == 190
+    for name in ("rejected_by_reason", "invalid_entry_samples", "error"):
+        assert type(plain[name]) is dict
+    assert type(plain["sessions"]) is list and type(plain["sessions"][0]) is dict
+    assert list(plain) == [f.name for f in dataclasses.fields(engine.Report)]
+    assert orjson.loads(orjson.dumps(plain)) == plain
+    plain["rejected_by_reason"].clear()  # a copy: the report keeps its counts
+    assert report.rejected_by_reason and report.to_dict() != plain
+    assert pickle.loads(pickle.dumps(report)) == report
+    assert copy.deepcopy(report) == report
