@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .errors import ApiError, ConfigError, EngineError, ErrorInfo, InputError
 from .report import Progress, Report
+from .rows import Reject
 
 if TYPE_CHECKING:
     from .api import Uploader, UploadOptions, upload, upload_sync
@@ -40,6 +41,7 @@ __all__ = [
     "InputError",
     "LimiterConfig",
     "Progress",
+    "Reject",
     "Report",
     "Rows",
     "UploadOptions",

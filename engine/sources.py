@@ -5,6 +5,10 @@ InputFile, so the pipeline reads them all alike. In-memory sources follow the re
 rules (SPEC section 4): every row keeps its 1-based number and ends up exactly once in a
 chunk's rows or rejects, and column binding (aliases, `column_map`) is InputFile.bind's.
 
+An item of an iterable may also be a `Reject` (engine.Reject): a row already rejected
+upstream, say by Spark executors that normalized it with the engine's `normalize_chunk`.
+It counts as read and rejected with its key and reason, numbered by its place here.
+
 Cells become the text a file would hold: None, NaN and pandas' NA are empty (a missing
 value), numbers their digits (94107.0, a zip in a column pandas turned into floats, is
 "94107"), booleans "true"/"false", bytes their UTF-8 text. A cell of any other type
@@ -42,10 +46,11 @@ class Rows:
 
     `Rows(cursor, columns=[d[0] for d in cursor.description])` binds those names like a
     file's header: aliases (email, phone, first_name...) and `column_map` work. Plain
-    tuples without `Rows` are taken in `schema` order instead.
+    tuples without `Rows` are taken in `schema` order instead. An item that is a `Reject`
+    is a row rejected upstream: it is counted with its key and reason (see the module).
     """
 
-    data: Iterable[Sequence[Any]] | AsyncIterable[Sequence[Any]]
+    data: Iterable[Sequence[Any] | Reject] | AsyncIterable[Sequence[Any] | Reject]
     columns: Sequence[str]
 
 
@@ -214,6 +219,12 @@ class _RowsInput(_MemoryInput):
             columns = [str(c) for c in first]
             # Later dicts need not have the first one's keys (as with JSON Lines).
             self._map_needs_column = False
+        elif columns is None and isinstance(first, Reject):
+            # Whether dicts or tuples follow is unknown, so is what the columns are.
+            raise TypeError(
+                "the first item is a Reject, so the columns are unknown: "
+                "pass tuples as Rows(rows, columns=[...])"
+            )
         elif columns is None and not (first is _END or _is_row(first)):
             raise TypeError(f"rows must be dicts, tuples or lists, not {type(first).__name__}")
         self._named = columns is not None
@@ -235,6 +246,9 @@ class _RowsInput(_MemoryInput):
         return bound
 
     def _add_item(self, chunk: RawChunk, n: int, item: object) -> None:
+        if isinstance(item, Reject):  # rejected upstream: its reason, our row number
+            chunk.rejects.append(Reject(n, item.key, item.reason))
+            return
         try:
             raw = self._pick(item)
         except _Bad as exc:

@@ -359,3 +359,30 @@ async def test_a_report_cannot_be_changed(fake: FakeGraph, people: Path) -> None
     assert report.rejected_by_reason and report.to_dict() != plain
     assert pickle.loads(pickle.dumps(report)) == report
     assert copy.deepcopy(report) == report
+
+
+async def test_rows_rejected_upstream_count_with_their_reasons(
+    fake: FakeGraph, people: Path, tmp_path: Path
+) -> None:
+    """Hashed elsewhere (Spark executors...): rejects travel as Reject items, reasons intact."""
+    with open_input(str(people)) as source:
+        schema = Schema(source.bind(None, {}))
+        items: list[Any] = []
+        for chunk in source.chunks():
+            hashed = normalize_chunk(chunk, schema, NormalizeOptions(default_country_code="1"))
+            items += [tuple(map(str, row)) for row in hashed.data] + hashed.rejects
+    rejected = [r for r in items if isinstance(r, engine.Reject)]
+    rejects_file = tmp_path / "rejects.csv"
+    report = await engine.upload(
+        Rows(items, columns=list(EIGHT_KEYS)),
+        **options(fake, prehashed=True, rejects_path=rejects_file),
+    )
+    assert report.status == "completed", report.message
+    assert report.rows_read == N_ROWS
+    assert report.rejected_by_reason == {"invalid_email": len(rejected)}
+    check_counts(report.to_dict())
+    assert fake.members(AUDIENCE) == expected_rows(people)
+    with open(rejects_file, newline="") as f:
+        logged = list(csv.DictReader(f))
+    assert [int(r["row"]) for r in logged] == [items.index(r) + 1 for r in rejected]
+    assert {(r["key"], r["reason"]) for r in logged} == {("EMAIL", "invalid_email")}

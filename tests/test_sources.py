@@ -353,3 +353,38 @@ async def test_aopen_source_opens_everything_else_too(tmp_path: Any) -> None:
         opened = await aopen_source(source)
         assert opened.bind(None, {}) == ("EMAIL",)
         opened.close()
+
+
+def test_rejects_from_upstream_keep_their_reason_and_take_their_place() -> None:
+    """A Reject item (say from executors that normalized the rows) is read and rejected."""
+    rows: list[Any] = [
+        ("a@example.com", "1"),
+        Reject(7, "EMAIL", "invalid_email"),  # 7: its number upstream, not here
+        ("c@example.com", "3"),
+        Reject(1, "", "empty_row"),
+    ]
+    _, chunks = read(open_source(Rows(rows, columns=["email", "phone"])), chunk_rows=2)
+    assert [c.rows_read for c in chunks] == [2, 2]
+    assert rows_of(chunks) == [(1, ("a@example.com", "1")), (3, ("c@example.com", "3"))]
+    assert rejects_of(chunks) == [Reject(2, "EMAIL", "invalid_email"), Reject(4, "", "empty_row")]
+    people: list[Any] = [PEOPLE[0], Reject(1, "PHONE", "invalid_phone"), PEOPLE[1]]
+    _, chunks = read(open_source(people), chunk_rows=5)
+    assert rows_of(chunks) == [(1, TEXTS[0]), (3, TEXTS[1])]
+    assert rejects_of(chunks) == [Reject(2, "PHONE", "invalid_phone")]
+
+
+async def test_async_rejects_from_upstream() -> None:
+    async def rows() -> AsyncIterator[Any]:
+        yield Reject(1, "EMAIL", "invalid_email")
+        yield ("b@example.com",)
+
+    source = await aopen_source(Rows(rows(), columns=["email"]))
+    source.bind(None, {})
+    chunks = [c async for c in source.achunks(10)]
+    assert rows_of(chunks) == [(2, ("b@example.com",))]
+    assert rejects_of(chunks) == [Reject(1, "EMAIL", "invalid_email")]
+
+
+def test_a_reject_first_needs_named_columns() -> None:
+    with pytest.raises(TypeError, match=r"Rows\(rows, columns="):
+        open_source([Reject(1, "", "empty_row"), ("a@example.com",)])
