@@ -2,11 +2,12 @@
 
 Raw identifiers never leave the executors: each partition is normalized and SHA-256
 hashed there by the engine's own rules (`hash_partition`), and the driver streams the
-hashed rows into one upload, one session, with `prehashed=True`.
+hashed rows into one upload, one session, with `prehashed=True`. A row the executors
+reject travels as the engine's `Reject`, so the report counts it under its reason.
 
-Without pyspark installed, `local_partitions` stands in for Spark: it runs the same
-`hash_partition` over plain Python lists, one after another. That is what the tests run;
-it checks the partition function and the driver's upload, not Spark itself.
+Without pyspark installed, `local_partitions` stands in for Spark: a pool of processes
+runs the same `hash_partition` over the partitions in parallel, as executors would. That
+is what the tests run; it checks the partition function and the driver's upload, not Spark.
 
     python examples/spark_job.py people.csv    # see README.md
 """
@@ -16,9 +17,11 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import multiprocessing
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import engine
@@ -28,24 +31,25 @@ from engine.sources import Rows, open_source
 # Payload keys, in order; the CSV's columns (email, phone, first_name...) bind by alias.
 SCHEMA = "EMAIL,PHONE,FN,LN,ZIP,CT,ST,COUNTRY"
 
+Hashed = tuple[str, ...] | engine.Reject
 
-def hash_partition(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[str, ...]]:
-    """One partition's rows (dicts), normalized and hashed: one tuple per row, in SCHEMA order.
 
-    A row no key can use comes out as all "", so the driver's upload still counts it
-    (as "empty_row"; the specific reason is known only here, on the executor).
-    """
+def hash_partition(rows: Iterable[Mapping[str, Any]]) -> list[Hashed]:
+    """One partition's rows (dicts), normalized and hashed: a tuple in SCHEMA order per row,
+    or for a row no key can use, the engine's `Reject` saying why ("invalid_email"...)."""
     schema = Schema.parse(SCHEMA)
     options = NormalizeOptions(default_country_code="1")
+    out: list[Hashed] = []
     with open_source(rows) as source:
         source.bind(schema.keys, {})
         for chunk in source.chunks():
             hashed = normalize_chunk(chunk, schema, options)
-            yield from (tuple(map(str, row)) for row in hashed.data)
-            yield from (("",) * len(schema.keys) for _ in hashed.rejects)
+            out.extend(tuple(map(str, row)) for row in hashed.data)
+            out.extend(hashed.rejects)  # the driver's upload counts each with its reason
+    return out
 
 
-def upload_hashed(rows: Iterable[tuple[str, ...]]) -> dict[str, Any]:
+def upload_hashed(rows: Iterable[Hashed]) -> dict[str, Any]:
     """The driver's part: one upload of already hashed rows, streamed as they arrive."""
     report = engine.upload_sync(
         Rows(rows, columns=SCHEMA.split(",")),
@@ -59,7 +63,7 @@ def upload_hashed(rows: Iterable[tuple[str, ...]]) -> dict[str, Any]:
     return report.to_dict()
 
 
-def spark_partitions(path: str) -> Iterator[tuple[str, ...]]:
+def spark_partitions(path: str) -> Iterator[Hashed]:
     """Hashed rows from Spark: read the CSV as text, hash on executors, stream to the driver."""
     from pyspark.sql import SparkSession
 
@@ -69,13 +73,16 @@ def spark_partitions(path: str) -> Iterator[tuple[str, ...]]:
     return hashed.toLocalIterator()  # a partition at a time, never the whole set in the driver
 
 
-def local_partitions(path: str, partitions: int = 4) -> Iterator[tuple[str, ...]]:
-    """The same partition function over Python lists, for machines without pyspark."""
+def local_partitions(path: str, partitions: int = 4) -> Iterator[Hashed]:
+    """Spark's part without pyspark: a process per partition hashes it, as an executor would."""
     with open(path, newline="", encoding="utf-8") as f:
         people = list(csv.DictReader(f))
-    size = -(-len(people) // partitions)
-    for start in range(0, len(people), size):
-        yield from hash_partition(people[start : start + size])
+    size = max(1, -(-len(people) // partitions))
+    parts = [people[start : start + size] for start in range(0, len(people), size)]
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters, like executors
+    with ProcessPoolExecutor(partitions, mp_context=spawn) as pool:
+        for hashed in pool.map(hash_partition, parts):  # all at once; back in partition order
+            yield from hashed
 
 
 def main(path: str) -> dict[str, Any]:
