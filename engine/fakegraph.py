@@ -130,6 +130,9 @@ class FakeConfig:
     lean: bool = False  # count rows only: no cell checks, no membership (benchmarks)
     seed: int = 0
     replace_settle_s: float = 0.0  # replace_in_progress lasts this long after the last flag
+    # Well-formed cells starting with this count their row as invalid: entries Meta cannot
+    # use though the engine cannot tell (its num_invalid_entries). "" (default): none.
+    unusable_prefix: str = ""
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
 
@@ -240,10 +243,12 @@ def _bad(message: str) -> _Fail:
 @dataclass
 class _Scripted:
     """A queued `fail_next` answer; `match` limits it to one audience id or one mode.
-    `fail` None lets the request through: it counts down `fail_next(after=...)`."""
+    `fail` None lets the request through: it counts down `fail_next(after=...)`.
+    `applied`: the request is applied first, and only then answered with `fail`."""
 
     fail: _Fail | None
     match: str | None
+    applied: bool = False
 
 
 @dataclass
@@ -414,6 +419,11 @@ class FakeGraph:
         # connection there, so the client never gets a reply.
         self.on_arrival: Callable[[LogEntry], bool] | None = None
         self.on_applied: Callable[[LogEntry], bool] | None = None
+        # Called once the client has read a whole reply and hung up: while it is set,
+        # replies ask the client to close the connection after reading them
+        # (`Connection: close`), and the fake waits for that close.
+        self.on_replied: Callable[[LogEntry], None] | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
         self.reset()
 
     # -- state and accessors -----------------------------------------------------------
@@ -482,11 +492,13 @@ class FakeGraph:
         match: str | None = None,
         is_transient: bool | None = None,
         after: int = 0,
+        applied: bool = False,
     ) -> None:
         """The next `n` upload requests (for audience id or mode `match`, when given)
         answer this error without being applied, once `after` more of them have passed
         (so a test can fail a job midway without watching it). `is_transient` defaults
-        by code."""
+        by code. With `applied`, each is applied first and answered with the error after
+        (a 5xx that Meta sends once the work is done: the client cannot tell)."""
         fail = _Fail(
             code,
             message,
@@ -497,7 +509,7 @@ class FakeGraph:
             is_transient=is_transient,
         )
         self._scripted += [_Scripted(None, match) for _ in range(after)]
-        self._scripted += [_Scripted(fail, match) for _ in range(n)]
+        self._scripted += [_Scripted(fail, match, applied) for _ in range(n)]
 
     def hang_next(self, n: int, seconds: float) -> None:
         """The next `n` upload requests wait `seconds` before being handled."""
@@ -590,7 +602,30 @@ class FakeGraph:
             await asyncio.sleep(delay)
         if self.on_arrival is not None and not self.on_arrival(entry):
             return _drop(request, entry, "dropped_before")
-        return self._answer(request, up, entry)
+        response = self._answer(request, up, entry)
+        unanswered = ("dropped_before", "dropped_after", "client_gone")
+        if self.on_replied is not None and entry.outcome not in unanswered:
+            self._watch_hang_up(request, response, entry)
+        return response
+
+    def _watch_hang_up(
+        self, request: web.Request, response: web.StreamResponse, entry: LogEntry
+    ) -> None:
+        """Call `on_replied` once the client read this reply and closed the connection.
+
+        The server keeps the connection alive; only the client closes it, which aiohttp's
+        client does once it has the whole reply. `request.task` serves the connection and
+        ends with it."""
+        response.headers["Connection"] = "close"
+
+        async def watch() -> None:
+            await asyncio.wait({request.task})
+            if self.on_replied is not None:
+                self.on_replied(entry)
+
+        task = asyncio.create_task(watch())
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     async def _read_fields(self, request: web.Request) -> dict[str, Any]:
         """Query string, then the body's fields over it (multipart, url-encoded or JSON)."""
@@ -645,6 +680,9 @@ class FakeGraph:
             self._violation(up, "batch after the replace passed its 90 minutes")
         elif sess is not None and sess.ended and n != sess.last_seq:
             self._violation(up, "batch after the last-flagged batch")
+        if up.mode != "replace" and aud is not None and aud.status != NORMAL:
+            # Meta: "Don't add or remove users via /users during an ongoing replace".
+            self._violation(up, "/users write while the audience is replace_in_progress")
         if up.mode == "replace" and n == 1 and sess is not None and sess.kind == "replace":
             self._violation(up, "batch_seq 1 sent again: Meta starts a new replace")
         elif n in acked:
@@ -677,7 +715,7 @@ class FakeGraph:
             aud = self._audience(up.audience_id)
             entry.ad_account = aud.ad_account
             self._throttle(aud.ad_account, headers)
-            self._take_scripted(up)
+            scripted = self._take_scripted(up)
             cfg = self.config
             if cfg.error_rate > 0 and self._rng.random() < cfg.error_rate:
                 raise _Fail(2, http_status=500, is_transient=True)
@@ -689,6 +727,8 @@ class FakeGraph:
             if up.error is not None:
                 raise up.error
             body, sess = self._apply(up, aud, entry)
+            if scripted is not None and scripted.fail is not None:
+                raise scripted.fail  # applied, then answered with an error
             if drop == "dropped_after" or (
                 self.on_applied is not None and not self.on_applied(entry)
             ):
@@ -755,13 +795,15 @@ class FakeGraph:
             headers[RETRY_HEADER] = f"{wait_s:.3f}"
             raise _Fail(80003, subcode=2446079, is_transient=True, outcome="throttled")
 
-    def _take_scripted(self, up: _Upload) -> None:
+    def _take_scripted(self, up: _Upload) -> _Scripted | None:
+        """The scripted answer due for this request, if any; one not to apply is raised."""
         for i, scripted in enumerate(self._scripted):
             if scripted.match in (None, up.audience_id, up.mode):
                 del self._scripted[i]
-                if scripted.fail is not None:
+                if scripted.fail is not None and not scripted.applied:
                     raise scripted.fail
-                return
+                return scripted
+        return None
 
     def _apply(
         self, up: _Upload, aud: _Audience, entry: LogEntry
@@ -782,7 +824,7 @@ class FakeGraph:
         samples: dict[str, str] = {}
         invalid = 0
         for row in up.rows:  # empty in lean mode
-            problem = _row_problem(up.keys, row)
+            problem = _row_problem(up.keys, row) or self._unusable(row)
             if problem is None:
                 valid.append(row)
             else:
@@ -814,6 +856,14 @@ class FakeGraph:
             "invalid_entry_samples": samples,
         }
         return body, sess
+
+    def _unusable(self, row: tuple[Any, ...]) -> tuple[str, str] | None:
+        """(sample, reason) for a well-formed row Meta cannot use (`unusable_prefix`)."""
+        prefix = self.config.unusable_prefix
+        for value in row:
+            if prefix and isinstance(value, str) and value.startswith(prefix):
+                return value[:200], "entry could not be used"
+        return None
 
     def _new_session(self, up: _Upload) -> FakeSession:
         assert up.session_id is not None
@@ -952,6 +1002,7 @@ class FakeGraph:
             "lean": cfg.lean,
             "seed": cfg.seed,
             "replace_settle_s": cfg.replace_settle_s,
+            "unusable_prefix": cfg.unusable_prefix,
         }
         return web.json_response(shown, dumps=_dumps)
 

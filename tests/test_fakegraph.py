@@ -273,6 +273,17 @@ async def test_invalid_cells_are_counted_with_samples_and_not_applied(env: Env) 
     assert sess is not None and sess.num_invalid == 5
 
 
+async def test_unusable_entries_count_as_invalid_though_well_formed(env: Env) -> None:
+    rows = people("ann", "bob", "cy", "dee", "ed", "flo", "gus", "hal")
+    prefix = rows[2][0][:1]
+    unusable = [r for r in rows if any(c.startswith(prefix) for c in r)]
+    env.graph.configure(unusable_prefix=prefix)
+    status, body, _ = await env.send("add", rows)
+    assert status == 200 and 0 < body["num_invalid_entries"] == len(unusable) < len(rows)
+    assert set(body["invalid_entry_samples"].values()) == {"entry could not be used"}
+    assert env.graph.members(AUD) == as_members(rows) - as_members(unusable)
+
+
 async def test_lean_mode_counts_rows_without_keeping_them() -> None:
     config = FakeConfig(lean=True)
     async with FakeGraph(config) as graph, aiohttp.ClientSession() as http:
@@ -311,7 +322,10 @@ async def test_replace_swaps_members_at_the_last_flag(env: Env) -> None:
     status, body, _ = await env.send("replace", people("late"), session_id=2, batch_seq=3)
     assert status == 400 and assert_graph_error(body, 2650, 1870159)
     assert env.graph.members(AUD) == as_members(new1 + new2)
-    assert len(env.graph.violations) == 1 and "after the last" in env.graph.violations[0]
+    v = env.graph.violations
+    assert len(v) == 2
+    assert v[0].startswith("add audience") and v[0].endswith("audience is replace_in_progress")
+    assert "after the last" in v[1]
 
 
 async def test_replace_without_batch_1_is_refused(env: Env) -> None:
@@ -357,9 +371,19 @@ async def test_replace_settles_before_the_audience_is_normal_again(env: Env) -> 
     assert env.graph.operation_status(AUD) == "replace_in_progress"
     status, body, _ = await env.send("add", people("bob"), session_id=3)
     assert status == 400 and assert_graph_error(body, 2650, 1870145)
+    assert len(env.graph.violations) == 1 and "replace_in_progress" in env.graph.violations[0]
     env.clock.now += 30.0
     assert env.graph.operation_status(AUD) == "Normal"
     assert (await env.send("add", people("bob"), session_id=3))[0] == 200
+    assert len(env.graph.violations) == 1  # once Normal, /users writes are fine again
+
+
+async def test_users_writes_during_a_replace_are_violations(env: Env) -> None:
+    assert (await env.send("replace", people("ann"), session_id=2, batch_seq=1))[0] == 200
+    await env.send("remove", people("ann"), session_id=3)
+    await env.send("replace", people("bob"), session_id=2, batch_seq=2)  # the replace's own
+    v = env.graph.violations
+    assert len(v) == 1 and v[0].startswith(f"remove audience {AUD} session 3 batch 1: /users")
 
 
 async def test_sessions_endpoint_reports_progress(env: Env) -> None:
@@ -506,6 +530,43 @@ async def test_fail_next_after_lets_requests_through_first(env: Env) -> None:
     assert statuses == [200, 200, 400]
     assert (await env.send("add", people("ann"), batch_seq=3))[0] == 200
     assert [e.outcome for e in env.graph.log][2] == "error:100/1713230"
+
+
+async def test_fail_next_applied_does_the_work_then_answers_the_error(env: Env) -> None:
+    env.graph.fail_next(1, code=2, http_status=500, applied=True)
+    status, body, _ = await env.send("replace", people("ann"), session_id=4)
+    assert status == 500 and assert_graph_error(body, 2)
+    first = env.graph.log[0]
+    assert first.applied and first.outcome == "error:2"
+    sess = env.graph.session(AUD, 4)
+    assert sess is not None and sess.num_received == 1 and sess.acked == set()
+    assert env.graph.operation_status(AUD) == "replace_in_progress"
+
+
+async def test_on_replied_fires_once_the_client_has_read_the_reply_and_hung_up(
+    env: Env,
+) -> None:
+    replied: list[int | None] = []
+    closed = asyncio.Event()
+
+    def on_replied(entry: Any) -> None:
+        replied.append(entry.batch_seq)
+        closed.set()
+
+    env.graph.on_replied = on_replied
+    url = f"{env.base}/v25.0/{AUD}/users"
+    form = {
+        "payload": orjson.dumps({"schema": SCHEMA, "is_raw": True, "data": people("a")}).decode(),
+        "session": orjson.dumps({"session_id": 1, "batch_seq": 3}).decode(),
+        "access_token": TOKEN,
+        "appsecret_proof": proof(),
+    }
+    async with env.http.post(url, data=form) as resp:
+        assert resp.headers["Connection"] == "close"
+        assert (await resp.json())["num_received"] == 1
+    # The client closes the connection once it has the whole reply; then the hook fires.
+    await asyncio.wait_for(closed.wait(), 5)
+    assert replied == [3]
 
 
 async def test_hang_next_outlasts_a_client_timeout() -> None:
