@@ -79,9 +79,9 @@ class SendStage:
                 f"{batch.first_row}..{batch.last_row}) differs from the one sent before; "
                 "pass --restart to start over"
             )
-        self._ctx.tally.acknowledged(
-            record.rows, {"num_received": record.num_received}, record.session_id
-        )
+        # The API's counts of that run belong to the job's report too (samples are not kept).
+        counts = {"num_received": record.num_received, "num_invalid_entries": record.num_invalid}
+        self._ctx.tally.acknowledged(record.rows, counts, record.session_id)
         return True
 
     async def run(self, batches: asyncio.Queue[Batch | None]) -> None:

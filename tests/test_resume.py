@@ -198,6 +198,30 @@ async def test_sigterm_saves_progress_exits_3_and_resumes(
     assert len(fake.log) == again.report["batches_total"]
 
 
+async def test_a_resumed_report_counts_the_invalid_entries_of_every_run(
+    fake: FakeGraph, tmp_path: Path, people: Path
+) -> None:
+    fake.configure(unusable_prefix="0")  # Meta finds about a third of the rows unusable
+    checkpoint = tmp_path / "job.sqlite"
+    args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
+    assert (await interrupted(fake, args, seq_is(6))).code == -signal.SIGKILL
+    store = Checkpoint(checkpoint)
+    try:
+        record = store.load()
+    finally:
+        store.close()
+    assert record is not None
+    assert sum(b.num_invalid or 0 for b in record.batches.values()) > 0
+
+    again = await Cli().run(*args)
+    assert again.code == 0, again.stderr
+    report = again.report
+    session = fake.session(AUDIENCE, report["session_id"])
+    assert session is not None
+    assert report["num_invalid_entries"] == session.num_invalid > 0
+    assert report["num_received"] == session.num_received == report["rows_valid"]
+
+
 async def test_changed_input_is_refused_unless_restarted(
     fake: FakeGraph, tmp_path: Path, people: Path
 ) -> None:
