@@ -266,32 +266,76 @@ def test_arrow_stream_is_cut_into_whole_chunks_lazily() -> None:
     source.close()
 
 
-def big_frames(n: int) -> dict[str, Any]:
+def big_frame(name: str, n: int) -> Any:
+    """`n` people as a frame of the given kind: one text, one int and one float column."""
     phones = np.arange(15550000000, 15550000000 + n, dtype=np.int64)
-    return {
-        "pandas": pd.DataFrame({"phone": phones}),
-        "polars": pl.DataFrame({"phone": phones}),
-        "arrow": pa.table({"phone": phones}),
-    }
+    emails = np.array([f"user{i}@example.com" for i in range(n)], dtype=object)
+    columns = {"email": emails, "phone": phones, "zip": (phones % 100_000).astype(float)}
+    if name == "pandas":
+        return pd.DataFrame(columns)
+    if name == "polars":
+        return pl.DataFrame(columns)
+    table = pa.table(columns)
+    if name == "arrow":  # in two chunks, with one slice straddling them
+        return pa.concat_tables([table.slice(0, n // 2 + 7), table.slice(n // 2 + 7)])
+    return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(n // 4))
 
 
-@pytest.mark.parametrize("name", ["pandas", "polars", "arrow"])
+@pytest.mark.parametrize("name", ["pandas", "polars", "arrow", "reader"])
 def test_a_big_frame_is_read_a_slice_at_a_time(name: str) -> None:
     """The first chunk costs memory for one chunk, not for the frame (never copied whole)."""
     n = 1_000_000
-    source = open_source(big_frames(n)[name])
+    source = open_source(big_frame(name, n))
     source.bind(None, {})
     chunks = source.chunks(1000)
-    tracemalloc.start()
+    previous = pa.default_memory_pool()
+    arrow = pa.proxy_memory_pool(previous)  # tracemalloc cannot see Arrow's own memory
+    pa.set_memory_pool(arrow)
+    tracemalloc.start()  # Python objects and numpy buffers (not polars' memory either)
     try:
         first = next(chunks)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+        pa.set_memory_pool(previous)
     assert first.row_numbers == list(range(1, 1001))
-    assert first.values[0] == ("15550000000",)
-    # The whole column as Python ints alone would take more than 30 MB.
+    assert first.values[0] == ("user0@example.com", "15550000000", "0")
+    # The email column as Python strings alone would take over 60 MB, its pointers 8 MB.
     assert peak < 2_000_000
+    # Nothing new in Arrow's memory pool either, even for a moment: a slice is a view
+    # (combine_chunks, a cast or a take of the frame would allocate tens of MB there).
+    assert arrow.max_memory() < 1_000_000
+    assert sum(c.rows_read for c in chunks) == n - 1000
+    source.close()
+
+
+def test_polars_is_read_through_slices_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """polars' memory is its own (tracemalloc misses it), so watch what is called on what:
+    every row-reading call is on a slice of at most one chunk's rows, never the frame."""
+    frame = big_frame("polars", 10_000)
+    calls: list[tuple[str, int, int | None]] = []  # (method, rows of the frame, length)
+    readers = ["slice", "to_series", "get_column", "get_columns", "to_dict", "to_dicts"]
+    readers += ["rows", "iter_rows", "iter_slices", "to_numpy", "to_pandas", "to_arrow"]
+    readers += ["rechunk", "select", "with_columns", "cast", "__getitem__", "__iter__"]
+
+    def spy(name: str) -> Any:
+        real = getattr(pl.DataFrame, name)
+
+        def method(self: pl.DataFrame, *args: Any, **kwargs: Any) -> Any:
+            length = args[1] if name == "slice" and len(args) > 1 else None
+            calls.append((name, self.height, length))
+            return real(self, *args, **kwargs)
+
+        return method
+
+    for name in readers:
+        monkeypatch.setattr(pl.DataFrame, name, spy(name))
+    _, chunks = read(open_source(frame), chunk_rows=1000)
+    monkeypatch.undo()
+    assert sum(c.rows_read for c in chunks) == 10_000
+    slices = [c for c in calls if c[0] == "slice"]
+    assert slices == [("slice", 10_000, 1000)] * 10
+    assert all(rows <= 1000 for name, rows, _ in calls if name != "slice")
 
 
 def test_memory_sources_have_a_fixed_fingerprint() -> None:
