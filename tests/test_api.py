@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import inspect
 import logging
+import os
 import pickle
 import signal
 import sys
@@ -228,28 +229,74 @@ async def test_upload_sync_from_a_plain_script(fake: FakeGraph, people: Path) ->
     assert fake.members(AUDIENCE) == expected_rows(people)
 
 
+def logging_setup() -> dict[str, tuple[object, ...]]:
+    """Every logger's level, handlers, propagation and state, and logging's global switch."""
+    loggers = {"": logging.getLogger()} | {
+        name: logger
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    state = {
+        name: (logger.level, tuple(logger.handlers), logger.propagate, logger.disabled)
+        for name, logger in loggers.items()
+    }
+    return state | {"<disable>": (logging.root.manager.disable,)}
+
+
 async def test_the_library_leaves_the_process_alone(
     fake: FakeGraph, people: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No sys.exit, no signal handlers, no global logging setup: the embedding program's."""
-    exits: list[object] = []
-    monkeypatch.setattr(sys, "exit", exits.append)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """No exit, no signal handlers, no logging setup, whichever way an upload ends: those are
+    the embedding program's. Spies see calls even when undone before the upload returns."""
+    calls: list[str] = []
+    monkeypatch.setattr(sys, "exit", lambda *_: calls.append("sys.exit"))
+    monkeypatch.setattr(os, "_exit", lambda *_: calls.append("os._exit"))
+    real_signal = signal.signal
 
-    ok = await engine.upload(people, **options(fake))
+    def set_signal(sig: int, handler: Any) -> Any:
+        calls.append(f"signal.signal({sig})")
+        return real_signal(sig, handler)
+
+    monkeypatch.setattr(signal, "signal", set_signal)
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(
+        loop, "add_signal_handler", lambda sig, *_: calls.append(f"add_signal_handler({sig})")
+    )
+    for name in ("basicConfig", "captureWarnings", "disable", "setLoggerClass"):
+        monkeypatch.setattr(logging, name, lambda *_, name=name, **__: calls.append(name))
+    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = logging_setup()
+
+    reports = {"pool": await engine.upload(people, **options(fake, workers=2))}
+    fake.fail_next(1, 80003, subcode=2446079, after=1)
+    fake.fail_next(1, 2, http_status=500)
+    reports["retried"] = await engine.upload(
+        pd.read_csv(people, dtype=str), **options(fake, max_retries=2)
+    )
     fake.fail_next(1, 190, message="Invalid OAuth access token")
-    refused = await engine.upload(people, **options(fake))
+    reports["refused"] = await engine.upload(people, **options(fake))
+    stop = asyncio.Event()
+    reports["stopped"] = await engine.upload(
+        people, **options(fake, stop=stop, progress=lambda p: p.batches_sent and stop.set())
+    )
+    reports["sync"] = await asyncio.to_thread(engine.upload_sync, people, **options(fake))
     with pytest.raises(InputError):
         await engine.upload(people, **options(fake, schema="EMAIL,NOT_A_KEY"))
 
-    assert ok.status == "completed"
-    assert refused.status == "failed"
-    assert refused.error is not None and refused.error["code"] == 190
-    assert exits == []
-    assert root.handlers == handlers and root.level == level
+    assert {name: r.status for name, r in reports.items()} == {
+        "pool": "completed",
+        "retried": "completed",
+        "refused": "failed",
+        "stopped": "interrupted",
+        "sync": "completed",
+    }
+    assert (reports["retried"].throttled, reports["retried"].retries) == (1, 1)
+    assert calls == []
     assert {sig: signal.getsignal(sig) for sig in signals} == signals
+    after = logging_setup()
+    assert {name: after[name] for name in before} == before
+    for name in after.keys() - before.keys():  # loggers made meanwhile: made, not configured
+        assert after[name] == (logging.NOTSET, (), True, False), name
 
 
 def test_reports_are_json_ready(people: Path) -> None:
