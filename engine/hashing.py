@@ -6,11 +6,20 @@ Kept apart from the pipeline so worker processes import only what this needs.
 
 from __future__ import annotations
 
-from .normalize import NormalizeOptions, Schema, encode_chunk
+from .normalize import NormalizeOptions, Schema, encode_chunk, encode_email_lines
 from .readers import CsvBlock
 from .rows import EncodedChunk, RawChunk
 
 
 def hash_unit(unit: RawChunk | CsvBlock, schema: Schema, options: NormalizeOptions) -> EncodedChunk:
-    chunk = unit if isinstance(unit, RawChunk) else unit.parse()
-    return encode_chunk(chunk, schema, options)
+    if isinstance(unit, RawChunk):
+        return encode_chunk(unit, schema, options)
+    # EMAIL alone from a one-column file, the common case, is read and hashed as bytes.
+    if (
+        schema.keys == ("EMAIL",)
+        and not options.prehashed
+        and (lines := unit.cell_lines()) is not None
+        and (done := encode_email_lines(lines, unit.rows_before + 1, schema)) is not None
+    ):
+        return done
+    return encode_chunk(unit.parse(), schema, options)

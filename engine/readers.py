@@ -427,6 +427,39 @@ class CsvBlock(NamedTuple):
         records = _Records(reader, [len(lines)])
         yield from out.add_records(records, self.width, _getter(self.indices))
 
+    def cell_lines(self) -> list[bytes] | None:
+        """The block's lines as UTF-8 bytes when it has one column and `parse()` would read
+        each line as one cell (by `_split`, with no reject), else None: lets a worker read a
+        block without decoding it. A cell is its line without the "\r" of a CRLF end (which
+        normalizers that trim ignore)."""
+        data = self.data
+        # Single bytes are found at memchr speed. The class holds no quote and no lone CR.
+        if self.width != 1 or self.delimiter.encode() in data or b"\x00" in data:
+            return None
+        if not data.isascii():
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                return None
+        lines = data.split(b"\n")
+        if data.endswith(b"\n"):
+            lines.pop()
+        # Blank lines ("\n\n", "\n\r", a block starting with either) make csv.reader's rejects.
+        if b"" in lines or b"\r" in lines:
+            return None
+        # Bytes count at least the characters _split measures: long lines go its way.
+        if _long_line_may_be_in(data) and max(map(len, lines)) > MAX_FIELD:
+            return None
+        return lines
+
+
+def _long_line_may_be_in(data: bytes) -> bool:
+    """False when no line of `data` is longer than MAX_FIELD. A line that long covers one of
+    the aligned windows of half that size whole, so a newline in each (memchr, from the
+    window's start) rules it out without measuring every line."""
+    half = MAX_FIELD // 2
+    return any(data.find(b"\n", at, at + half) < 0 for at in range(0, len(data) - half, half))
+
 
 def _split(
     text: str, delimiter: str, width: int, indices: tuple[int, ...]

@@ -13,16 +13,19 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ConfigError
+from engine.hashing import hash_unit
 from engine.normalize import (
     KEYS,
     PLAIN_KEYS,
     NormalizeOptions,
     Schema,
     encode_chunk,
+    encode_email_lines,
     hash_value,
     normalize_chunk,
     normalize_value,
 )
+from engine.readers import CsvBlock
 from engine.rows import RawChunk, Reject
 from engine.sender import encode_payload
 
@@ -563,3 +566,90 @@ def test_encoded_rows_are_the_rows_as_json(
         else {"schema": list(schema.keys), "is_raw": True, "data": values}
     )
     assert encode_payload(schema, got.data) == orjson.dumps(whole)
+
+
+# --- EMAIL read and hashed as bytes (one-column CSV blocks in the workers) -------------------
+
+EMAIL_LINE = st.one_of(
+    st.text(
+        alphabet="aZ@. \t\x0b\x1c\x7f\u00e9\u00c9\u00a0\u03a3\u0130\u00df\u2028\x85-+", max_size=10
+    ),
+    st.builds(
+        "{}{}@{}{}".format,
+        st.sampled_from(["", " ", "  ", "\t"]),
+        st.text("aZy.+_\u00e9", max_size=5),
+        st.sampled_from(["ex.com", "EX.Co.UK", "x", ".com", "com.", "b@c.d", "\u00e9x.com"]),
+        st.sampled_from(["", " ", "\xa0", "\x1c"]),
+    ),
+    st.sampled_from(
+        ["", "   ", "not-an-email", "A@B.COM", "a@@b.com", DIGEST, DIGEST.upper(), DIGEST[:63]]
+    ),
+)
+
+
+def email_block(cells: list[str], crlf: bool, last_newline: bool) -> CsvBlock:
+    end = "\r\n" if crlf else "\n"
+    data = (end.join(cells) + (end if last_newline else "")).encode()
+    return CsvBlock(data or b" ", 99, ",", 1, (0,))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    cells=st.lists(EMAIL_LINE, min_size=1, max_size=30),
+    crlf=st.booleans(),
+    last_newline=st.booleans(),
+    single=st.booleans(),
+)
+@example(
+    cells=["a@x.com", "Zo\u00eb@X.com", " \u00c9@x.com\xa0", "", "   "],
+    crlf=True,
+    last_newline=True,
+    single=False,
+)
+@example(
+    cells=[DIGEST.upper(), "b@x.com", "\x1ca@x.com"], crlf=False, last_newline=False, single=True
+)
+def test_email_bytes_path_gives_the_general_paths_bytes(
+    cells: list[str], crlf: bool, last_newline: bool, single: bool
+) -> None:
+    # A worker hashes EMAIL-only blocks as bytes when it can; the chunk (rows, payload JSON,
+    # stops, rejects and their order) must be byte for byte what parsing the block and
+    # encode_chunk give: non-ASCII, invalid, empty, digest and CRLF cells included.
+    block = email_block(cells, crlf, last_newline)
+    schema = Schema.parse("EMAIL_SHA256" if single else "EMAIL")
+    want = encode_chunk(block.parse(), schema, NormalizeOptions())
+    assert hash_unit(block, schema, NormalizeOptions()) == want
+    lines = block.cell_lines()
+    fast = None if lines is None else encode_email_lines(lines, block.rows_before + 1, schema)
+    assert fast is None or fast == want
+
+
+@pytest.mark.parametrize("single", [False, True])
+@pytest.mark.parametrize("crlf", [False, True])
+def test_email_bytes_path_takes_messy_lists(single: bool, crlf: bool) -> None:
+    # The shapes of a real list (padding, capitals, the odd accented address, a digest, bad
+    # and blank values) stay on the bytes path, and give what the general path gives.
+    cells = [f"  User.{i}@Example.COM " for i in range(300)]
+    cells[7] = "  Zo\u00cb.7@example.com "
+    cells[8] = "not-an-email"
+    cells[9] = "   "
+    cells[10] = DIGEST.upper()
+    cells[11] = "\u00e9t\u00e9"
+    block = email_block(cells, crlf, True)
+    schema = Schema.parse("EMAIL_SHA256" if single else "EMAIL")
+    lines = block.cell_lines()
+    assert lines is not None
+    fast = encode_email_lines(lines, 100, schema)
+    assert fast is not None
+    assert fast == encode_chunk(block.parse(), schema, NormalizeOptions())
+    assert fast.rows_read == 300 and len(fast.row_numbers) == 297
+    assert fast.rejects == [
+        Reject(108, "EMAIL", "invalid_email"),
+        Reject(109, "", "empty_row"),
+        Reject(111, "EMAIL", "invalid_email"),
+    ]
+    hashes = orjson.loads(b"[" + fast.data + b"]")
+    first = hashes[0] if single else hashes[0][0]
+    assert first == sha("user.0@example.com")
+    assert (hashes[7] if single else hashes[7][0]) == sha("zo\u00eb.7@example.com")
+    assert (hashes[8] if single else hashes[8][0]) == DIGEST  # row 111, after the two rejects

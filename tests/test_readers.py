@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from engine import readers
@@ -627,3 +627,49 @@ def test_estimated_rows(tmp_path: Path) -> None:
     pq.write_table(pa.table({"email": ["a@x.com"] * 1234}), tmp_path / "in.parquet")
     with open_input(str(tmp_path / "in.parquet")) as source:
         assert source.estimated_rows() == 1234
+
+
+ONE_COLUMN_CELL = st.text(alphabet="aB@. \t,é\x00\x1c", max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cells=st.lists(ONE_COLUMN_CELL, min_size=1, max_size=20),
+    crlf=st.booleans(),
+    last_newline=st.booleans(),
+    bad_byte=st.booleans(),
+    width=st.sampled_from([1, 1, 2]),
+)
+def test_cell_lines_are_the_cells_parse_reads(
+    cells: list[str], crlf: bool, last_newline: bool, bad_byte: bool, width: int
+) -> None:
+    # A worker may take a one-column block's lines as its cells; whenever cell_lines() says
+    # so, parse() must read exactly those cells (less a CRLF's "\r"), numbered in order,
+    # with no reject. Blank lines, the delimiter, NULs and bad bytes are refused.
+    end = "\r\n" if crlf else "\n"
+    data = end.join(cells).encode() + (end.encode() if last_newline else b"")
+    if bad_byte:
+        data += b"\xff\n"
+    assume(data)  # the reader makes no empty block
+    block = CsvBlock(data, 40, ",", width, (0,))
+    lines = block.cell_lines()
+    chunk = block.parse()
+    if lines is None:
+        plain = width == 1 and "" not in cells and not bad_byte
+        assert not plain or any("," in c or "\x00" in c for c in cells)
+        return
+    assert width == 1 and not bad_byte
+    assert chunk.rejects == []
+    assert chunk.row_numbers == list(range(41, 41 + len(lines)))
+    assert chunk.values == [(line.decode().removesuffix("\r"),) for line in lines]
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+def test_cell_lines_leave_long_lines_to_csv_reader(extra: int) -> None:
+    # _split hands a line over MAX_FIELD to csv.reader (which rejects it); so must this.
+    long = b"a" * (MAX_FIELD + extra)
+    for data in (long + b"\n", b"x@y.z\n" * 5000 + long + b"\nq@r.s\n", long):
+        lines = CsvBlock(data, 0, ",", 1, (0,)).cell_lines()
+        assert (lines is None) == (extra > 0)
+        if lines is not None:
+            assert long in lines
