@@ -137,9 +137,11 @@ class Checkpoint:
             return None
         sessions = [
             SessionRecord(sid, mode, first, started, bool(closed))
+            # In the order they were opened: sessions of a replace that started over all
+            # begin at batch 1, and only the newest can be not yet started.
             for sid, mode, first, started, closed in self._db.execute(
                 "SELECT session_id, mode, first_batch, started_at, closed FROM session "
-                "ORDER BY first_batch"
+                "ORDER BY first_batch, started_at IS NULL, started_at"
             )
         ]
         batches = {
@@ -174,6 +176,18 @@ class Checkpoint:
                 "INSERT INTO session (session_id, mode, first_batch) VALUES (?, ?, ?)",
                 (session_id, mode, first_batch),
             )
+
+    def start_over(self, session_id: int, mode: str) -> None:
+        """Forget every acknowledged batch and add a session for them all, in one
+        transaction: a replace that starts again from batch 1."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM batch")
+            self._db.execute(
+                "INSERT INTO session (session_id, mode, first_batch) VALUES (?, ?, 1)",
+                (session_id, mode),
+            )
+            self._db.execute("UPDATE job SET updated_at = ?", (self._clock(),))
 
     def session_started(self, session_id: int) -> float:
         """Record (once) when the session's first batch went out; returns that time."""

@@ -162,6 +162,17 @@ class WindowClosed(EngineError):
     """A batch was due after its session's window: it was not sent and goes in a new session."""
 
 
+class ReplaceRestart(EngineError):
+    """A replace starts over from batch 1 in a new session (Meta's 2650/1870148 after part
+    of it was acknowledged). The journal has already forgotten the acknowledged batches and
+    opened the new session; the pipeline reads the input again from its start (batches are
+    deterministic) and sends it all. `error` is Meta's answer."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(f"the replace starts over in a new session after {error}")
+        self.error = error
+
+
 class Interrupted(EngineError):
     """The job was asked to stop; what was acknowledged stays acknowledged (exit code 3)."""
 

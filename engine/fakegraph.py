@@ -48,7 +48,9 @@ from .errors import (
     REPLACE_FINISHED,
     REPLACE_IN_PROGRESS,
     REPLACE_NO_FIRST_BATCH,
+    REPLACE_RETRY_NEW_SESSION,
     REPLACE_TIMED_OUT,
+    REPLACE_TOO_LARGE,
     THROTTLE_CODES,
     TRANSIENT_CODES,
 )
@@ -113,6 +115,14 @@ _REPLACE_TEXTS = {
         "A batch with last_batch_flag true was already received for this session. Add the "
         "rest with the add operation once the replace finishes.",
     ),
+    REPLACE_RETRY_NEW_SESSION: (
+        "Something Went Wrong",
+        "Your customer list custom audience wasn't fully updated. Consider trying again.",
+    ),
+    REPLACE_TOO_LARGE: (
+        "DFCA Size Not Supported For Replace",
+        "Replace is not supported for audiences of 100 million or more. Use add or remove.",
+    ),
 }
 
 
@@ -175,6 +185,7 @@ class FakeSession:
     last_seq: int | None = None
     ended_wall: float | None = None
     timed_out: bool = False
+    failed: bool = False  # a replace that answered 1870148: over, the audience unchanged
     pending: set[tuple[Any, ...]] = field(default_factory=set)  # replace rows, not yet live
 
 
@@ -498,7 +509,12 @@ class FakeGraph:
         answer this error without being applied, once `after` more of them have passed
         (so a test can fail a job midway without watching it). `is_transient` defaults
         by code. With `applied`, each is applied first and answered with the error after
-        (a 5xx that Meta sends once the work is done: the client cannot tell)."""
+        (a 5xx that Meta sends once the work is done: the client cannot tell). A replace
+        subcode of 2650 comes with Meta's title and text unless given; 1870148 also ends
+        the replace it answers, leaving the audience as it was."""
+        if code == REPLACE_ERROR_CODE and subcode in _REPLACE_TEXTS:
+            title, text = _REPLACE_TEXTS[subcode]
+            user_title, user_msg = user_title or title, user_msg or text
         fail = _Fail(
             code,
             message,
@@ -742,6 +758,8 @@ class FakeGraph:
                 sess.acked.add(up.batch_seq)
             return web.json_response(body, headers=headers, dumps=_dumps)
         except _Fail as fail:
+            if fail.code == REPLACE_ERROR_CODE and fail.subcode == REPLACE_RETRY_NEW_SESSION:
+                self._fail_replace(up)
             entry.outcome = fail.outcome
             self._traces += 1
             body = fail.body(f"AFake{self._traces:08d}")
@@ -884,6 +902,8 @@ class FakeGraph:
         """The replace session this batch belongs to, or the 2650 error Meta answers."""
         ours = sess is not None and sess.kind == "replace"
         if sess is not None and ours:
+            if sess.failed and up.batch_seq != 1:
+                raise _replace_error(REPLACE_RETRY_NEW_SESSION)
             if sess.timed_out:
                 raise _replace_error(REPLACE_TIMED_OUT)
             if sess.ended:
@@ -898,6 +918,18 @@ class FakeGraph:
         if sess is None or not ours:
             raise _replace_error(REPLACE_NO_FIRST_BATCH)
         return sess
+
+    def _fail_replace(self, up: _Upload) -> None:
+        """The replace this request belongs to fails (1870148): it takes no more batches
+        and the audience keeps its members."""
+        aud = self._audiences.get(up.audience_id)
+        running = aud.replace_session if aud is not None else None
+        if aud is None or up.mode != "replace" or running is None or running != up.session_id:
+            return
+        sess = self._sessions[(aud.audience_id, running)]
+        sess.failed = True
+        sess.pending = set()
+        aud.replace_session = None
 
     def _finish_replace(self, aud: _Audience, sess: FakeSession) -> None:
         aud.members = sess.pending

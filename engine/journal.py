@@ -41,6 +41,8 @@ class Journal:
         self.acked: dict[int, BatchRecord] = dict(record.batches) if record else {}
         self.retries = record.retries if record else 0
         self.throttled = record.throttled if record else 0
+        # What this process did to the job's sessions, in words, for the report.
+        self.notes: list[str] = []
 
     @property
     def current(self) -> SessionRecord:
@@ -55,6 +57,16 @@ class Journal:
         self.sessions.append(record)
         if self._checkpoint is not None:
             self._checkpoint.add_session(session_id, mode, first)
+        return record
+
+    def start_over(self, session_id: int, mode: str) -> SessionRecord:
+        """Forget every acknowledged batch and start a session for all of them (a replace
+        that Meta failed runs again from batch 1). The sessions before stay on record."""
+        record = SessionRecord(session_id, mode, 1, None, False)
+        self.sessions.append(record)
+        self.acked.clear()
+        if self._checkpoint is not None:
+            self._checkpoint.start_over(session_id, mode)
         return record
 
     def expired(self, window_s: float) -> bool:

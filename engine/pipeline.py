@@ -14,7 +14,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import orjson
@@ -23,12 +23,19 @@ from .batcher import Batch, Batcher
 from .checkpoint import Checkpoint
 from .client import GraphClient
 from .config import UploadJob, new_session_id
-from .errors import EMPTY_REPLACE, ApiError, InputError, Interrupted, RetriesExhausted
+from .errors import (
+    EMPTY_REPLACE,
+    ApiError,
+    InputError,
+    Interrupted,
+    ReplaceRestart,
+    RetriesExhausted,
+)
 from .hashing import hash_unit
 from .journal import Journal
 from .limiter import AccountLimiter
 from .normalize import NormalizeOptions, Schema
-from .readers import CsvBlock, InputFile
+from .readers import CsvBlock, InputFile, open_input
 from .report import ProgressFn, Report, Status, Tally
 from .rows import EncodedChunk, RawChunk, Reject
 from .sender import RetryPolicy
@@ -68,7 +75,7 @@ async def run_job(
     again resumes where it stopped.
     """
     schema = _bind_schema(job, source)
-    with _journal(job, schema, source) as journal:
+    with _journal(job, schema, source) as journal, ExitStack() as reopened:
         if not journal.sessions:
             journal.open_session(job.session_id or new_session_id(), job.mode)
         first = journal.sessions[0]
@@ -82,10 +89,6 @@ async def run_job(
             throttled=journal.throttled,
             listener=progress,
         )
-        # The send stage stops taking batches once `halt` is set: on `stop`, or when the input
-        # turns out bad after requests went out (those in flight then finish).
-        halt = asyncio.Event()
-        relay = asyncio.ensure_future(_relay(stop, halt)) if stop is not None else None
         bad_input: list[InputError] = []
         requests = 0
 
@@ -95,48 +98,66 @@ async def run_job(
             if on_request is not None:
                 on_request(outcome, seconds)
 
-        raw: asyncio.Queue[RawChunk | CsvBlock | None] = asyncio.Queue(QUEUE_CHUNKS)
-        hashed: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
-        batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
-        options = NormalizeOptions(job.prehashed, job.default_country_code)
-        sending = None
-        with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
-            stages = [
-                _read(source, raw, None if client is None else (bad_input, halt)),
-                _normalize(raw, hashed, schema, options, pool),
-            ]
-            if client is None:
-                stages.append(_batch(hashed, batches, job, tally, write_rejects, None))
-                stages.append(_drain(batches))
-            else:
-                sending = SendStage(
-                    SendContext(job, client, limiter, tally, journal, schema, retry, halt, observe)
-                )
-                stages.append(
-                    _batch(hashed, batches, job, tally, write_rejects, sending.already_sent)
-                )
-                stages.append(sending.run(batches))
-            status: Status = "dry_run" if client is None else "completed"
-            error = message = None
-            try:
-                await _gather_or_cancel(stages)
-                if client is None and job.mode == "replace":
-                    _check_replace(job, tally)
-            except (ApiError, RetriesExhausted) as exc:
-                status, error, message = "failed", exc.info, str(exc)
-            except Interrupted as exc:
-                if bad_input and not requests:
-                    raise bad_input[0] from None  # nothing went out: a plain input error
-                if bad_input:
-                    status, message = "failed", f"{bad_input[0]}; the batches before it were sent"
+        # One round, or more when a replace starts over (ReplaceRestart): the input is then
+        # read again from its start and counted afresh.
+        while True:
+            # The send stage stops taking batches once `halt` is set: on `stop`, or when the
+            # input turns out bad after requests went out (those in flight then finish).
+            halt = asyncio.Event()
+            relay = asyncio.ensure_future(_relay(stop, halt)) if stop is not None else None
+            raw: asyncio.Queue[RawChunk | CsvBlock | None] = asyncio.Queue(QUEUE_CHUNKS)
+            hashed: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
+            batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
+            options = NormalizeOptions(job.prehashed, job.default_country_code)
+            sending = None
+            with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
+                stages = [
+                    _read(source, raw, None if client is None else (bad_input, halt)),
+                    _normalize(raw, hashed, schema, options, pool),
+                ]
+                if client is None:
+                    stages.append(_batch(hashed, batches, job, tally, write_rejects, None))
+                    stages.append(_drain(batches))
                 else:
-                    status, message = "interrupted", str(exc)
-            except asyncio.CancelledError:
-                journal.finish("running", tally.retries, tally.throttled)
-                raise
-            finally:
-                if relay is not None:
-                    relay.cancel()
+                    sending = SendStage(
+                        SendContext(
+                            job, client, limiter, tally, journal, schema, retry, halt, observe
+                        )
+                    )
+                    stages.append(
+                        _batch(hashed, batches, job, tally, write_rejects, sending.already_sent)
+                    )
+                    stages.append(sending.run(batches))
+                status: Status = "dry_run" if client is None else "completed"
+                error = message = None
+                try:
+                    await _gather_or_cancel(stages)
+                    if client is None and job.mode == "replace":
+                        _check_replace(job, tally)
+                except ReplaceRestart as exc:
+                    again = _reread(job, source)
+                    if again is not None:
+                        source, tally = reopened.enter_context(again), _afresh(tally)
+                        continue
+                    status, error = "failed", exc.error.info
+                    message = f"{exc}, but the input cannot be read twice; run the job again"
+                except (ApiError, RetriesExhausted) as exc:
+                    status, error, message = "failed", exc.info, str(exc)
+                except Interrupted as exc:
+                    if bad_input and not requests:
+                        raise bad_input[0] from None  # nothing went out: a plain input error
+                    if bad_input:
+                        status = "failed"
+                        message = f"{bad_input[0]}; the batches before it were sent"
+                    else:
+                        status, message = "interrupted", str(exc)
+                except asyncio.CancelledError:
+                    journal.finish("running", tally.retries, tally.throttled)
+                    raise
+                finally:
+                    if relay is not None:
+                        relay.cancel()
+            break
         notes = [*(sending.notes if sending else []), *([message] if message else [])]
         journal.finish(
             "completed" if status == "completed" else "running", tally.retries, tally.throttled
@@ -189,6 +210,35 @@ def _journal(job: UploadJob, schema: Schema, source: InputFile) -> Iterator[Jour
         yield Journal(checkpoint, record)
     finally:
         checkpoint.close()
+
+
+def _reread(job: UploadJob, source: InputFile) -> InputFile | None:
+    """The input opened again at its start and bound as before; None when it cannot be
+    read twice (stdin, a pipe, rows in memory) or is no longer the same file."""
+    fingerprint = source.fingerprint()
+    if fingerprint in ("stdin", "stream", "memory") or not os.path.isfile(job.source):
+        return None
+    again = open_input(job.source, job.format)
+    if again.fingerprint() != fingerprint:
+        again.close()
+        return None
+    _bind_schema(job, again)
+    return again
+
+
+def _afresh(tally: Tally) -> Tally:
+    """A tally for reading the input again: the counts start over; the job's start, first
+    session, retries, throttles and listener stay."""
+    return Tally(
+        tally.mode,
+        tally.audience_id,
+        tally.ad_account_id,
+        tally.session_id,
+        started=tally.started,
+        retries=tally.retries,
+        throttled=tally.throttled,
+        listener=tally.listener,
+    )
 
 
 def _bind_schema(job: UploadJob, source: InputFile) -> Schema:

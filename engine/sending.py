@@ -20,7 +20,16 @@ from .batcher import Batch
 from .checkpoint import batch_digest
 from .client import GraphClient, Mode
 from .config import UploadJob, new_session_id
-from .errors import ApiError, InputError, TransportError, WindowClosed
+from .errors import (
+    REPLACE_ERROR_CODE,
+    REPLACE_NO_FIRST_BATCH,
+    REPLACE_TOO_LARGE,
+    ApiError,
+    InputError,
+    ReplaceRestart,
+    TransportError,
+    WindowClosed,
+)
 from .journal import Journal
 from .limiter import AccountLimiter
 from .normalize import Schema
@@ -35,6 +44,16 @@ log = logging.getLogger(__name__)
 CUT_AT = 0.9
 # How often to ask whether a closed replace has finished, at most.
 SETTLE_POLL_MAX_S = 30.0
+# How many times a replace that Meta failed (2650/1870148) is tried again in a new session.
+MAX_REPLACE_RETRIES = 2
+# What the engine says when a replace error stops the job (SPEC section 3), besides Meta's.
+REPLACE_STOPS = {
+    REPLACE_TOO_LARGE: "replace is not available for audiences of 100 million or more; "
+    "use add/remove",
+    REPLACE_NO_FIRST_BATCH: "Meta saw no batch 1 of this replace session, so it took none "
+    "of its batches; run the job again (with --restart if it has a checkpoint) to start "
+    "a new replace",
+}
 
 
 @dataclass
@@ -61,7 +80,8 @@ class SendStage:
         self._journal = ctx.journal
         self._leftovers: deque[Batch] = deque()
         self._exhausted = False
-        self.notes: list[str] = []
+        # The journal's: they outlive this stage when a replace starts over.
+        self.notes = ctx.journal.notes
 
     def already_sent(self, batch: Batch) -> bool:
         """True for a batch acknowledged in an earlier run; it then counts as sent.
@@ -85,6 +105,11 @@ class SendStage:
         return True
 
     async def run(self, batches: asyncio.Queue[Batch | None]) -> None:
+        """Send every batch of `batches` not yet acknowledged, then return.
+
+        Raises ReplaceRestart when a replace must start over from batch 1 (the input is to
+        be read again), ApiError or RetriesExhausted when the job cannot go on, and
+        Interrupted when told to stop."""
         journal, job = self._journal, self._ctx.job
         if journal.current.closed:
             self._next_session("the previous session was complete")
@@ -106,10 +131,11 @@ class SendStage:
                 continue
             except ApiError as exc:
                 if not (exc.replace_ended or exc.replace_retry):
+                    self._explain(exc)
                     raise
                 self._put_back(self._last_coordinator.leftovers())
                 if exc.replace_retry:
-                    self._retry_replace(exc)
+                    await self._retry_replace(exc)
                 else:
                     await self._after_replace(f"the replace session ended early ({exc})")
                 continue
@@ -191,15 +217,40 @@ class SendStage:
         self.notes.append(f"{why}; the rest goes in {mode} session {new.session_id}")
         log.warning("%s; continuing in %s session %s", why, mode, new.session_id)
 
-    def _retry_replace(self, exc: ApiError) -> None:
+    async def _retry_replace(self, exc: ApiError) -> None:
+        """Meta failed this replace (2650/1870148): run it again in a new session, from batch 1,
+        once the audience is out of replace_in_progress; at most MAX_REPLACE_RETRIES times.
+
+        With nothing of it acknowledged, its batches are all still to come (taken back, or
+        in the feed). Otherwise the journal forgets every acknowledgement and ReplaceRestart
+        has the pipeline read the input again from its start."""
         session = self._journal.current
-        if any(r.session_id == session.session_id for r in self._journal.acked.values()):
-            raise exc  # part of the list is in: only a fresh run can redo the replace
-        new = self._journal.open_session(new_session_id(), "replace")
-        self.notes.append(
-            f"replace session {session.session_id} failed on Meta's side; "
-            f"retried as session {new.session_id}"
+        tries = sum(1 for s in self._journal.sessions if s.mode == "replace")
+        if tries > MAX_REPLACE_RETRIES:
+            self._note(f"the replace failed on Meta's side in {tries} sessions; giving up")
+            raise exc
+        begun = any(r.session_id == session.session_id for r in self._journal.acked.values())
+        await self._until_replace_done()
+        new_id = new_session_id()
+        if begun:
+            self._journal.start_over(new_id, "replace")
+        else:
+            self._journal.open_session(new_id, "replace")
+        self._note(
+            f"replace session {session.session_id} failed on Meta's side ({exc}); "
+            f"the replace starts over from batch 1 in session {new_id}"
         )
+        if begun:
+            raise ReplaceRestart(exc)
+
+    def _explain(self, exc: ApiError) -> None:
+        """Say what a replace error that stops the job means, besides Meta's own words."""
+        if exc.info.code == REPLACE_ERROR_CODE and exc.info.subcode in REPLACE_STOPS:
+            self._note(REPLACE_STOPS[exc.info.subcode], error=True)
+
+    def _note(self, text: str, *, error: bool = False) -> None:
+        self.notes.append(text)
+        log.log(logging.ERROR if error else logging.WARNING, "%s", text)
 
     async def _after_replace(self, why: str) -> None:
         """Wait until the audience is out of replace_in_progress, then add the rest."""

@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pytest
+
 from engine.fakegraph import REPLACE_WINDOW_S, FakeGraph, LogEntry
 from engine.sample import write_sample
 
@@ -133,3 +136,106 @@ async def test_replace_in_one_window_keeps_one_session(fake: FakeGraph, tmp_path
     assert run.code == 0, run.stderr
     assert [s["mode"] for s in run.report["sessions"]] == ["replace"]
     check_session(fake, run.report, replace=True)
+
+
+async def populated(fake: FakeGraph, tmp_path: Path) -> None:
+    """Old members in the audience, for a replace to remove."""
+    old = write_sample(tmp_path / "old.csv", 2_000, seed=5)
+    assert (await run_cli(*upload_args(old, fake.base_url, "--batch-size", "1000"))).code == 0
+
+
+def replace_args(path: Path, base: str, *extra: str) -> list[str]:
+    return upload_args(
+        path,
+        base,
+        "--mode",
+        "replace",
+        "--batch-size",
+        "1000",
+        "--concurrency",
+        "4",
+        "--default-country-code",
+        "1",
+        *extra,
+    )
+
+
+def check_whole_replace(fake: FakeGraph, session_id: int, n: int) -> None:
+    """Session `session_id` carried the whole replace: batch_seq 1..n acknowledged once each,
+    batch 1 first and alone, the last flag on n alone."""
+    entries = entries_of(fake, session_id)
+    assert sorted(e.batch_seq or 0 for e in entries if e.outcome == "ok") == list(range(1, n + 1))
+    assert [e.batch_seq for e in entries if e.last_batch_flag] == [n]
+    assert entries[0].batch_seq == 1 and all(e.acked_after >= 1 for e in entries[1:])
+
+
+async def test_replace_failed_by_meta_midway_starts_over_from_batch_one(
+    fake: FakeGraph, tmp_path: Path
+) -> None:
+    await populated(fake, tmp_path)
+    people = write_sample(tmp_path / "people.csv", 6_000)
+    fake.fail_next(1, code=2650, subcode=1870148, match="replace", after=3)
+    checkpoint = tmp_path / "job.sqlite"
+    run = await run_cli(*replace_args(people, fake.base_url, "--checkpoint", str(checkpoint)))
+    assert run.code == 0, run.stderr
+    report = run.report
+    check_counts(report)  # the input was read twice but counted once
+    assert report["rows_read"] == 6_000 and report["batches_total"] == 6
+    assert [s["mode"] for s in report["sessions"]] == ["replace", "replace"]
+    failed, again = (s["session_id"] for s in report["sessions"])
+    assert any(e.outcome == "error:2650/1870148" for e in entries_of(fake, failed))
+    check_whole_replace(fake, again, 6)
+    assert "starts over from batch 1" in report["message"] and str(again) in report["message"]
+    assert fake.violations == []
+    assert fake.members(AUDIENCE) == expected_rows(people)  # the old list is gone
+    status = await run_cli("status", "--checkpoint", str(checkpoint))
+    shown = orjson.loads(status.stdout)
+    assert [s["session_id"] for s in shown["sessions"]] == [failed, again]
+    assert [s["batches_acknowledged"] for s in shown["sessions"]] == [0, 6]
+
+
+async def test_replace_that_must_start_over_from_stdin_fails_clearly(
+    fake: FakeGraph, tmp_path: Path
+) -> None:
+    people = write_sample(tmp_path / "people.csv", 6_000)
+    fake.fail_next(1, code=2650, subcode=1870148, match="replace", after=3)
+    run = await run_cli(
+        *replace_args(Path("-"), fake.base_url, "--format", "csv"), stdin=people.read_bytes()
+    )
+    assert run.code == 1, run.stderr
+    report = run.report
+    assert report["status"] == "failed"
+    assert (report["error"]["code"], report["error"]["subcode"]) == (2650, 1870148)
+    assert "cannot be read twice" in report["message"]
+
+
+async def test_a_replace_meta_keeps_failing_is_given_up_after_two_retries(
+    fake: FakeGraph, tmp_path: Path
+) -> None:
+    people = write_sample(tmp_path / "people.csv", 3_000)
+    fake.fail_next(10, code=2650, subcode=1870148, match="replace")
+    run = await run_cli(*replace_args(people, fake.base_url))
+    assert run.code == 1, run.stderr
+    assert [s["mode"] for s in run.report["sessions"]] == ["replace"] * 3
+    assert "giving up" in run.report["message"]
+    assert [e.batch_seq for e in fake.log] == [1, 1, 1]  # batch 1 of each session, once
+
+
+@pytest.mark.parametrize(
+    ("subcode", "said"),
+    [
+        (1870144, "replace is not available for audiences of 100 million or more; use add/remove"),
+        (1870147, "Meta saw no batch 1 of this replace session"),
+    ],
+)
+async def test_replace_errors_that_stop_the_job_say_why(
+    fake: FakeGraph, tmp_path: Path, subcode: int, said: str
+) -> None:
+    people = write_sample(tmp_path / "people.csv", 3_000)
+    fake.fail_next(1, code=2650, subcode=subcode, match="replace")
+    run = await run_cli(*replace_args(people, fake.base_url))
+    assert run.code == 1, run.stderr
+    report = run.report
+    assert report["status"] == "failed" and report["error"]["subcode"] == subcode
+    assert said in report["message"] and said in run.stderr
+    assert len(fake.log) == 1  # no retry
