@@ -15,7 +15,7 @@ import orjson
 from .batcher import Batch
 from .checkpoint import batch_digest
 from .client import GraphClient, Mode
-from .errors import ApiError, RetriesExhausted, TransportError, WindowClosed
+from .errors import TRANSIENT_CODES, ApiError, RetriesExhausted, TransportError, WindowClosed
 from .journal import Journal
 from .limiter import AccountLimiter, Backoff, parse_usage
 from .normalize import Schema
@@ -56,7 +56,8 @@ class Sender:
 
     Transient failures are retried with backoff and the same `batch_seq`; throttles pause
     the whole ad account through its limiter; anything else is raised at once. Batch 1 of a
-    replace is never re-sent blind: when its outcome is unknown, the API is asked first.
+    replace is never re-sent blind: when its outcome is unknown (no usable reply, or a
+    server-side failure that may have come after the work was done), the API is asked first.
     """
 
     def __init__(
@@ -130,14 +131,19 @@ class Sender:
                     continue
                 if not exc.is_transient:
                     raise
+                if (
+                    _maybe_applied(exc)
+                    and self._first_of_replace(batch)
+                    and await self._replace_seen(batch, payload, last)
+                ):
+                    return
                 failures = await self._backoff(exc, batch, failures)
                 continue
             except TransportError as exc:
                 self._observe(outcome_of(exc), started)
                 if (
                     exc.maybe_applied
-                    and self._mode == "replace"
-                    and batch.seq == 1
+                    and self._first_of_replace(batch)
                     and await self._replace_seen(batch, payload, last)
                 ):
                     return
@@ -147,6 +153,9 @@ class Sender:
             self._limiter.on_success(parse_usage(reply.headers))
             self._acknowledged(batch, payload, reply.body, last)
             return
+
+    def _first_of_replace(self, batch: Batch) -> bool:
+        return self._mode == "replace" and batch.seq == 1
 
     def _check_window(self, batch: Batch) -> None:
         """Never send into a session past its window: Meta would discard the batch."""
@@ -207,6 +216,12 @@ class Sender:
                 received = 0
             return {"num_received": received}
         return None
+
+
+def _maybe_applied(exc: ApiError) -> bool:
+    """Whether a failed request may have been applied all the same: a server-side failure
+    (HTTP 5xx, codes 1 and 2) can come after the work was done; a refusal cannot."""
+    return (exc.info.http_status or 0) >= 500 or exc.info.code in TRANSIENT_CODES
 
 
 def outcome_of(exc: ApiError | TransportError) -> str:

@@ -239,3 +239,20 @@ async def test_replace_errors_that_stop_the_job_say_why(
     assert report["status"] == "failed" and report["error"]["subcode"] == subcode
     assert said in report["message"] and said in run.stderr
     assert len(fake.log) == 1  # no retry
+
+
+@pytest.mark.parametrize("applied", [True, False])
+async def test_batch_one_after_a_5xx_is_asked_about_not_resent_blind(
+    fake: FakeGraph, tmp_path: Path, applied: bool
+) -> None:
+    await populated(fake, tmp_path)
+    people = write_sample(tmp_path / "people.csv", 5_000)
+    # HTTP 500 code 2 for batch 1: whether Meta did the work first, the client cannot tell.
+    fake.fail_next(1, code=2, http_status=500, match="replace", applied=applied)
+    run = await run_cli(*replace_args(people, fake.base_url))
+    assert run.code == 0, run.stderr
+    first = [e for e in fake.log if e.mode == "replace" and e.batch_seq == 1]
+    assert [e.applied for e in first] == ([True] if applied else [False, True])
+    assert fake.violations == []
+    assert fake.members(AUDIENCE) == expected_rows(people)
+    check_counts(run.report)
