@@ -69,6 +69,12 @@ class Journal:
             self._checkpoint.start_over(session_id, mode)
         return record
 
+    def first_acknowledged(self) -> bool:
+        """Whether the current session's first batch is recorded as acknowledged."""
+        session = self.current
+        record = self.acked.get(session.first_batch)
+        return record is not None and record.session_id == session.session_id
+
     def expired(self, window_s: float) -> bool:
         """Whether the current session is past the window in which Meta takes its batches."""
         started = self.current.started_at

@@ -157,6 +157,13 @@ class Sender:
     def _first_of_replace(self, batch: Batch) -> bool:
         return self._mode == "replace" and batch.seq == 1
 
+    async def first_batch_arrived(self) -> bool:
+        """Whether the API has batch 1 of this session: recorded as acknowledged, or, when
+        its outcome was never learned, seen by the sessions endpoint."""
+        if self._journal.first_acknowledged():
+            return True
+        return await self._replace_started() is not None
+
     def _check_window(self, batch: Batch) -> None:
         """Never send into a session past its window: Meta would discard the batch."""
         started = self._journal.current.started_at

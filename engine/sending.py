@@ -114,10 +114,7 @@ class SendStage:
         if journal.current.closed:
             self._next_session("the previous session was complete")
         elif journal.expired(job.session_window_s):
-            self._next_session(
-                f"session {journal.current.session_id} is past Meta's "
-                f"{job.session_window_s / 60:g}-minute window"
-            )
+            await self._past_window()
         while True:
             session = journal.current
             try:
@@ -216,6 +213,26 @@ class SendStage:
         new = self._journal.open_session(new_session_id(), mode)
         self.notes.append(f"{why}; the rest goes in {mode} session {new.session_id}")
         log.warning("%s; continuing in %s session %s", why, mode, new.session_id)
+
+    async def _past_window(self) -> None:
+        """The current session (of an earlier run) is past Meta's window: go on in a new one.
+
+        A replace whose batch 1 arrived is over on Meta's side, with what it got: once the
+        audience is out of replace_in_progress, the rest is added. A replace whose batch 1
+        never arrived removed nobody, so adding the rest would keep the old members: the
+        replace starts again in a new session instead."""
+        session, window = self._journal.current, self._ctx.job.session_window_s
+        why = f"session {session.session_id} is past Meta's {window / 60:g}-minute window"
+        if session.mode != "replace":
+            self._next_session(why)
+        elif await self._sender("replace").first_batch_arrived():
+            await self._after_replace(why)
+        else:
+            new = self._journal.open_session(new_session_id(), "replace")
+            self._note(
+                f"{why} and Meta never got its batch 1; the replace starts again in "
+                f"session {new.session_id}"
+            )
 
     async def _retry_replace(self, exc: ApiError) -> None:
         """Meta failed this replace (2650/1870148): run it again in a new session, from batch 1,

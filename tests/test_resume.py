@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from engine.checkpoint import Checkpoint
-from engine.fakegraph import FakeGraph, LogEntry
+from engine.fakegraph import REPLACE_WINDOW_S, FakeGraph, LogEntry
 from engine.sample import write_sample
 
 from .checks import check_counts, expected_rows
@@ -280,6 +280,69 @@ async def test_resume_past_the_session_window_starts_a_new_session(
     assert len(new) + len(acked_before) == report["batches_total"]
     assert [e.batch_seq for e in new if e.last_batch_flag] == [len(new)]
     assert fake.members(AUDIENCE) == expected_rows(people)
+
+
+async def old_members(fake: FakeGraph, tmp_path: Path) -> None:
+    """Old members in the audience, for a replace to remove."""
+    old = write_sample(tmp_path / "old.csv", 2_000, seed=5)
+    assert (await Cli().run(*upload_args(old, fake.base_url, "--batch-size", "1000"))).code == 0
+
+
+def aged(checkpoint: Path) -> None:
+    """Two hours later: the checkpoint's sessions are long past Meta's 90 minutes."""
+    with sqlite3.connect(checkpoint) as db:
+        db.execute("UPDATE session SET started_at = started_at - 7200")
+
+
+async def test_resumed_replace_past_its_window_waits_for_it_to_end_then_adds_the_rest(
+    fake: FakeGraph, tmp_path: Path, people: Path
+) -> None:
+    await old_members(fake, tmp_path)
+    # Meta runs the replace the killed run began for some (scaled) seconds more.
+    fake.configure(time_scale=5.0 / REPLACE_WINDOW_S)
+    checkpoint = tmp_path / "job.sqlite"
+    args = upload_args(
+        people, fake.base_url, *ARGS, "--mode", "replace", "--checkpoint", str(checkpoint)
+    )
+    assert (await interrupted(fake, args, seq_is(6, "replace"))).code == -signal.SIGKILL
+    assert 1 in recorded(checkpoint)
+    aged(checkpoint)
+
+    again = await Cli().run(*args)
+    assert again.code == 0, again.stderr
+    report = again.report
+    check_counts(report)
+    assert [s["mode"] for s in report["sessions"]] == ["replace", "add"]
+    assert "past Meta's" in report["message"]
+    add_id = report["sessions"][1]["session_id"]
+    adds = [e for e in fake.log if e.session_id == add_id]
+    assert adds and all(e.outcome == "ok" for e in adds)
+    assert fake.violations == []  # no /users write while the replace ran
+    assert fake.members(AUDIENCE) == expected_rows(people)  # the old members are gone
+
+
+async def test_resumed_replace_whose_batch_one_never_arrived_starts_the_replace_again(
+    fake: FakeGraph, tmp_path: Path, people: Path
+) -> None:
+    await old_members(fake, tmp_path)
+    checkpoint = tmp_path / "job.sqlite"
+    args = upload_args(
+        people, fake.base_url, *ARGS, "--mode", "replace", "--checkpoint", str(checkpoint)
+    )
+    assert (await interrupted(fake, args, seq_is(1, "replace"))).code == -signal.SIGKILL
+    assert recorded(checkpoint) == set()  # batch 1 went out (the window opened), unanswered
+    aged(checkpoint)
+
+    again = await Cli().run(*args)
+    assert again.code == 0, again.stderr
+    report = again.report
+    check_counts(report)
+    assert [s["mode"] for s in report["sessions"]] == ["replace", "replace"]
+    assert "never got its batch 1" in report["message"]
+    new = [e for e in fake.log if e.session_id == report["sessions"][1]["session_id"]]
+    assert sorted(e.batch_seq or 0 for e in new) == list(range(1, report["batches_total"] + 1))
+    assert fake.violations == []
+    assert fake.members(AUDIENCE) == expected_rows(people)  # not added to the old members
 
 
 async def test_second_signal_stops_at_once_and_the_job_still_resumes(
