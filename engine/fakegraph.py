@@ -435,6 +435,8 @@ class FakeGraph:
         # (`Connection: close`), and the fake waits for that close.
         self.on_replied: Callable[[LogEntry], None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
+        self._open = asyncio.Event()  # cleared by hold(): requests wait before an answer
+        self._open.set()
         self.reset()
 
     # -- state and accessors -----------------------------------------------------------
@@ -527,6 +529,14 @@ class FakeGraph:
         self._scripted += [_Scripted(None, match) for _ in range(after)]
         self._scripted += [_Scripted(fail, match, applied) for _ in range(n)]
 
+    def hold(self) -> None:
+        """Upload requests wait, once arrived (after `on_arrival`), until `release()`."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Let held requests (and new ones) be answered."""
+        self._open.set()
+
     def hang_next(self, n: int, seconds: float) -> None:
         """The next `n` upload requests wait `seconds` before being handled."""
         self._hangs += [seconds] * n
@@ -618,6 +628,7 @@ class FakeGraph:
             await asyncio.sleep(delay)
         if self.on_arrival is not None and not self.on_arrival(entry):
             return _drop(request, entry, "dropped_before")
+        await self._open.wait()
         response = self._answer(request, up, entry)
         unanswered = ("dropped_before", "dropped_after", "client_gone")
         if self.on_replied is not None and entry.outcome not in unanswered:

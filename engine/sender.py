@@ -15,7 +15,14 @@ import orjson
 from .batcher import Batch
 from .checkpoint import batch_digest
 from .client import GraphClient, Mode
-from .errors import TRANSIENT_CODES, ApiError, RetriesExhausted, TransportError, WindowClosed
+from .errors import (
+    TRANSIENT_CODES,
+    ApiError,
+    Interrupted,
+    RetriesExhausted,
+    TransportError,
+    WindowClosed,
+)
 from .journal import Journal
 from .limiter import AccountLimiter, Backoff, parse_usage
 from .normalize import Schema
@@ -58,6 +65,8 @@ class Sender:
     the whole ad account through its limiter; anything else is raised at once. Batch 1 of a
     replace is never re-sent blind: when its outcome is unknown (no usable reply, or a
     server-side failure that may have come after the work was done), the API is asked first.
+    Once `stop` is set, a failed request is not tried again: `Interrupted` is raised and the
+    batch stays unacknowledged for the resumed run (the same `batch_seq`, as it failed).
     """
 
     def __init__(
@@ -78,6 +87,7 @@ class Sender:
         first_unknown: bool = False,
         window_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self._client = client
         self._limiter = limiter
@@ -95,6 +105,7 @@ class Sender:
         self._first_unknown = first_unknown and mode == "replace"
         self._window_s = window_s
         self._clock = clock
+        self._stop = stop
 
     async def __call__(self, batch: Batch, last: bool) -> None:
         payload = payload_parts(self._schema, batch.data)
@@ -126,6 +137,7 @@ class Sender:
                     self._tally.throttle()
                     pause = self._limiter.on_throttle(parse_usage(exc.headers))
                     log.info("ad account throttled (code %s), pausing %.1fs", exc.info.code, pause)
+                    self._unless_stopping(batch)
                     if throttles > self._retry.max_throttles:
                         raise RetriesExhausted(exc, failures + throttles) from None
                     continue
@@ -193,7 +205,17 @@ class Sender:
         self._journal.acknowledged(batch, batch_digest(*payload), body, last=last)
         self._tally.acknowledged(batch.rows, body, self._session_id)
 
+    def _unless_stopping(self, batch: Batch) -> None:
+        """A failed request is not tried again once the job is told to stop: a retry is no
+        request in flight, and its wait could outlast the grace period."""
+        if self._stop is not None and self._stop.is_set():
+            raise Interrupted(
+                f"stopped before batch {batch.seq} of session {self._session_id} was "
+                "acknowledged; it can be resumed"
+            )
+
     async def _backoff(self, exc: ApiError | TransportError, batch: Batch, failures: int) -> int:
+        self._unless_stopping(batch)
         if failures >= self._retry.max_retries:
             raise RetriesExhausted(exc, failures + 1) from None
         self._tally.retry()

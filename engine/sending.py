@@ -163,6 +163,7 @@ class SendStage:
             first_unknown=session.started_at is not None,
             window_s=ctx.job.session_window_s,
             clock=ctx.clock,
+            stop=ctx.stop,
         )
 
     def _coordinator(self, mode: Mode) -> SessionCoordinator:

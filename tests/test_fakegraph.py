@@ -569,6 +569,25 @@ async def test_on_replied_fires_once_the_client_has_read_the_reply_and_hung_up(
     assert replied == [3]
 
 
+async def test_hold_keeps_arrived_requests_unanswered_until_released(env: Env) -> None:
+    arrived = asyncio.Event()
+
+    def on_arrival(entry: Any) -> bool:
+        arrived.set()
+        return True
+
+    env.graph.on_arrival = on_arrival
+    env.graph.hold()
+    sent = asyncio.ensure_future(env.send("add", people("ann")))
+    await arrived.wait()
+    for _ in range(20):  # let the loop run: the request stays unanswered
+        await asyncio.sleep(0)
+    assert not sent.done() and env.graph.log[0].outcome == "pending"
+    assert not env.graph.log[0].applied
+    env.graph.release()
+    assert (await sent)[0] == 200 and env.graph.log[0].outcome == "ok"
+
+
 async def test_hang_next_outlasts_a_client_timeout() -> None:
     graph = FakeGraph(FakeConfig(seed=1))
     await graph.start()

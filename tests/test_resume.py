@@ -40,7 +40,8 @@ class Cli:
     def __init__(self) -> None:
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def run(self, *args: str) -> Run:
+    async def run(self, *args: str, on_stderr: Callable[[str], None] | None = None) -> Run:
+        """Run to the end; `on_stderr` sees each line the CLI writes to stderr, as it comes."""
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -52,7 +53,21 @@ class Cli:
             env={**os.environ, "META_ACCESS_TOKEN": TOKEN, "META_APP_SECRET": APP_SECRET},
             cwd=Path(__file__).resolve().parent.parent,
         )
-        out, err = await asyncio.wait_for(self.proc.communicate(), timeout=120)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        stderr = self.proc.stderr
+
+        async def lines() -> bytes:
+            seen = []
+            while line := await stderr.readline():
+                seen.append(line)
+                if on_stderr is not None:
+                    on_stderr(line.decode())
+            return b"".join(seen)
+
+        out, err = await asyncio.wait_for(
+            asyncio.gather(self.proc.stdout.read(), lines()), timeout=120
+        )
+        await self.proc.wait()
         assert self.proc.returncode is not None
         return Run(self.proc.returncode, out.decode(), err.decode())
 
@@ -68,10 +83,11 @@ async def interrupted(
     *,
     sig: int = signal.SIGKILL,
     where: str = "arrival",
+    drop: bool = False,
 ) -> Run:
     """Run the CLI and signal it as the first request matching `hit` arrives at the fake
     (or, with where="applied", once the fake applied it). A kill also loses that reply
-    (the process is gone); a gentler signal lets the request finish."""
+    (the process is gone); a gentler signal lets the request finish, unless `drop`."""
     cli = Cli()
     fired = False
 
@@ -81,7 +97,7 @@ async def interrupted(
             return True
         fired = True
         cli.signal(sig)
-        return sig != signal.SIGKILL
+        return sig != signal.SIGKILL and not drop
 
     setattr(fake, f"on_{where}", hook)
     try:
@@ -174,28 +190,43 @@ async def test_sigkill_then_rerun_finishes_the_same_session(
         assert len([e for e in fake.log if e.batch_seq == 1 and e.applied]) == 1
 
 
+@pytest.mark.parametrize(
+    ("mode", "hit", "drop"),
+    [
+        ("replace", seq_is(1), False),  # during the first batch of a replace
+        ("add", seq_is(5), False),  # mid-session
+        # The last batch in flight, and lost: once stopping, a failed request is not retried.
+        ("add", lambda e: e.last_batch_flag, True),
+    ],
+)
 async def test_sigterm_saves_progress_exits_3_and_resumes(
-    fake: FakeGraph, tmp_path: Path, people: Path
+    fake: FakeGraph, tmp_path: Path, people: Path, mode: str, hit: Any, drop: bool
 ) -> None:
     checkpoint = tmp_path / "job.sqlite"
-    args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
-    first = await interrupted(fake, args, seq_is(5), sig=signal.SIGTERM)
+    args = upload_args(
+        people, fake.base_url, *ARGS, "--mode", mode, "--checkpoint", str(checkpoint)
+    )
+    first = await interrupted(fake, args, hit, sig=signal.SIGTERM, drop=drop)
     first_run, acked_before = len(fake.log), recorded(checkpoint)
     assert first.code == 3, first.stderr
     report = first.report
     assert report["status"] == "interrupted"
+    assert report["rows_sent"] == sum(e.rows for e in fake.log if e.outcome == "ok")
     assert report["rows_sent"] < report["rows_valid"]
-    assert not any(e.last_batch_flag for e in fake.log)
-    # Everything that was in flight finished: nothing the fake applied is unacknowledged.
-    assert all(e.outcome == "ok" for e in fake.log)
+    # Everything that was in flight finished (but the request lost on purpose): nothing the
+    # fake applied is unacknowledged, and it all is in the checkpoint.
+    answered = [e for e in fake.log if e.outcome != "dropped_before"]
+    assert all(e.outcome == "ok" for e in answered)
+    assert {e.batch_seq for e in answered} == acked_before
+    assert [e.last_batch_flag for e in fake.log].count(True) == int(drop)
 
     again = await Cli().run(*args)
     assert again.code == 0, again.stderr
     check_resumed(fake, again.report, first_run, acked_before)
     assert fake.members(AUDIENCE) == expected_rows(people)
     assert fake.violations == []
-    # Work done before the signal is not redone.
-    assert len(fake.log) == again.report["batches_total"]
+    # Work done before the signal is not redone: only the lost request goes again.
+    assert len(fake.log) == again.report["batches_total"] + int(drop)
 
 
 async def test_a_resumed_report_counts_the_invalid_entries_of_every_run(
@@ -353,21 +384,32 @@ async def test_second_signal_stops_at_once_and_the_job_still_resumes(
     cli = Cli()
     signals = 0
 
-    def twice(entry: LogEntry) -> bool:
-        # The first SIGTERM as batch 5 arrives, whose connection then drops; the second as
-        # its retry arrives, so the engine has surely handled the first (two signals sent
-        # back to back may merge into one).
+    def on_batch_5(entry: LogEntry) -> bool:
+        # The first SIGTERM as batch 5 arrives; the fake holds it (and the rest in flight),
+        # so the graceful stop cannot end before the second signal.
         nonlocal signals
-        if entry.batch_seq == 5 and signals < 2:
+        if entry.batch_seq == 5 and signals == 0:
             signals += 1
+            fake.hold()
             cli.signal(signal.SIGTERM)
-            return False
         return True
 
-    fake.on_arrival = twice
-    first = await cli.run(*args)
-    fake.on_arrival = None
+    def on_stderr(line: str) -> None:
+        # The second once the engine says it is stopping: it surely handled the first (two
+        # signals sent back to back may merge into one).
+        nonlocal signals
+        if line.startswith("stopping:") and signals == 1:
+            signals += 1
+            cli.signal(signal.SIGTERM)
+
+    fake.on_arrival = on_batch_5
+    try:
+        first = await cli.run(*args, on_stderr=on_stderr)
+    finally:
+        fake.on_arrival = None
+        fake.release()
     assert first.code == 3, first.stderr
+    assert signals == 2
     assert "stopped at once" in first.stderr and str(checkpoint) in first.stderr
     first_run, acked_before = len(fake.log), recorded(checkpoint)
     again = await Cli().run(*args)
