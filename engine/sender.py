@@ -122,11 +122,11 @@ class Sender:
             return
         failures = throttles = 0
         while True:
-            await self._limiter.acquire()
             if batch.seq == 1:
+                await self._limiter.acquire()
                 self._journal.started()  # the window opens as batch 1 goes out
             else:
-                self._check_window(batch)
+                await self._acquire_in_window(batch)
             started = time.monotonic()
             try:
                 reply = await self._client.upload(self._audience, self._mode, payload, session)
@@ -176,16 +176,32 @@ class Sender:
             return True
         return await self._replace_started() is not None
 
-    def _check_window(self, batch: Batch) -> None:
-        """Never send into a session past its window: Meta would discard the batch."""
-        started = self._journal.current.started_at
-        if self._window_s is None or started is None:
+    async def _acquire_in_window(self, batch: Batch) -> None:
+        """The limiter's go for a batch after the first, within the session's window: never
+        send into a session past it (Meta would discard the batch), nor wait for a token
+        beyond it (a slowed account would hold every waiting send that long for nothing)."""
+        window = self._window_s
+        if window is None:
+            await self._limiter.acquire()
             return
-        if self._clock() - started >= self._window_s:
+
+        def left() -> float | None:
+            # None until batch 1 opens the window (an add's batches wait alongside it).
+            started = self._journal.current.started_at
+            return None if started is None else started + window - self._clock()
+
+        try:
+            if (wait := left()) is not None and wait <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(wait):
+                await self._limiter.acquire()
+            if (wait := left()) is not None and wait <= 0:
+                raise TimeoutError
+        except TimeoutError:
             raise WindowClosed(
                 f"batch {batch.seq} of session {self._session_id} was due after the "
-                f"session's {self._window_s / 60:g}-minute window"
-            )
+                f"session's {window / 60:g}-minute window"
+            ) from None
 
     async def _replace_seen(self, batch: Batch, payload: Payload, last: bool) -> bool:
         """Whether batch 1 of this replace already arrived (then it counts as acknowledged)."""
