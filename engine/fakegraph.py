@@ -430,11 +430,6 @@ class FakeGraph:
         # connection there, so the client never gets a reply.
         self.on_arrival: Callable[[LogEntry], bool] | None = None
         self.on_applied: Callable[[LogEntry], bool] | None = None
-        # Called once the client has read a whole reply and hung up: while it is set,
-        # replies ask the client to close the connection after reading them
-        # (`Connection: close`), and the fake waits for that close.
-        self.on_replied: Callable[[LogEntry], None] | None = None
-        self._watchers: set[asyncio.Task[None]] = set()
         self._open = asyncio.Event()  # cleared by hold(): requests wait before an answer
         self._open.set()
         self.reset()
@@ -629,30 +624,7 @@ class FakeGraph:
         if self.on_arrival is not None and not self.on_arrival(entry):
             return _drop(request, entry, "dropped_before")
         await self._open.wait()
-        response = self._answer(request, up, entry)
-        unanswered = ("dropped_before", "dropped_after", "client_gone")
-        if self.on_replied is not None and entry.outcome not in unanswered:
-            self._watch_hang_up(request, response, entry)
-        return response
-
-    def _watch_hang_up(
-        self, request: web.Request, response: web.StreamResponse, entry: LogEntry
-    ) -> None:
-        """Call `on_replied` once the client read this reply and closed the connection.
-
-        The server keeps the connection alive; only the client closes it, which aiohttp's
-        client does once it has the whole reply. `request.task` serves the connection and
-        ends with it."""
-        response.headers["Connection"] = "close"
-
-        async def watch() -> None:
-            await asyncio.wait({request.task})
-            if self.on_replied is not None:
-                self.on_replied(entry)
-
-        task = asyncio.create_task(watch())
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
+        return self._answer(request, up, entry)
 
     async def _read_fields(self, request: web.Request) -> dict[str, Any]:
         """Query string, then the body's fields over it (multipart, url-encoded or JSON)."""

@@ -543,32 +543,6 @@ async def test_fail_next_applied_does_the_work_then_answers_the_error(env: Env) 
     assert env.graph.operation_status(AUD) == "replace_in_progress"
 
 
-async def test_on_replied_fires_once_the_client_has_read_the_reply_and_hung_up(
-    env: Env,
-) -> None:
-    replied: list[int | None] = []
-    closed = asyncio.Event()
-
-    def on_replied(entry: Any) -> None:
-        replied.append(entry.batch_seq)
-        closed.set()
-
-    env.graph.on_replied = on_replied
-    url = f"{env.base}/v25.0/{AUD}/users"
-    form = {
-        "payload": orjson.dumps({"schema": SCHEMA, "is_raw": True, "data": people("a")}).decode(),
-        "session": orjson.dumps({"session_id": 1, "batch_seq": 3}).decode(),
-        "access_token": TOKEN,
-        "appsecret_proof": proof(),
-    }
-    async with env.http.post(url, data=form) as resp:
-        assert resp.headers["Connection"] == "close"
-        assert (await resp.json())["num_received"] == 1
-    # The client closes the connection once it has the whole reply; then the hook fires.
-    await asyncio.wait_for(closed.wait(), 5)
-    assert replied == [3]
-
-
 async def test_hold_keeps_arrived_requests_unanswered_until_released(env: Env) -> None:
     arrived = asyncio.Event()
 

@@ -229,6 +229,51 @@ async def test_sigterm_saves_progress_exits_3_and_resumes(
     assert len(fake.log) == again.report["batches_total"] + int(drop)
 
 
+async def test_sigkill_between_acknowledgement_and_checkpoint_write(
+    fake: FakeGraph, tmp_path: Path, people: Path
+) -> None:
+    """The kill lands after the engine has read and parsed a batch's reply and before its
+    checkpoint records the batch: the test holds the checkpoint's write lock from before
+    that reply was sent, and kills on the log line the engine writes while handling it."""
+    # The 6th request's reply says the account's usage is at 100%: the engine logs that
+    # (on stderr, with -v) as it takes the reply in, before it writes the checkpoint.
+    fake.configure(rate_limit=(6, 600.0))
+    checkpoint = tmp_path / "job.sqlite"
+    args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
+    cli = Cli()
+    lock = sqlite3.connect(checkpoint, isolation_level=None)
+    replied: list[LogEntry] = []
+
+    def on_arrival(entry: LogEntry) -> bool:
+        if entry.seq == 6:
+            lock.execute("BEGIN IMMEDIATE")  # the engine's next checkpoint write must wait
+            replied.append(entry)
+        return True
+
+    def on_stderr(line: str) -> None:
+        if "ad account usage at 100%" in line and replied:
+            cli.signal(signal.SIGKILL)
+
+    fake.on_arrival = on_arrival
+    try:
+        first = await cli.run(*args, "-v", on_stderr=on_stderr)
+    finally:
+        fake.on_arrival = None
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+    assert first.code == -signal.SIGKILL, first.stderr
+    first_run, acked_before = len(fake.log), recorded(checkpoint)
+    # The API acknowledged it, the engine read that, and its checkpoint does not have it.
+    assert replied[0].outcome == "ok" and replied[0].batch_seq not in acked_before
+
+    fake.configure(rate_limit=None)
+    again = await Cli().run(*args)
+    assert again.code == 0, again.stderr
+    check_resumed(fake, again.report, first_run, acked_before)
+    assert fake.members(AUDIENCE) == expected_rows(people)
+
+
 async def test_a_resumed_report_counts_the_invalid_entries_of_every_run(
     fake: FakeGraph, tmp_path: Path, people: Path
 ) -> None:
