@@ -121,7 +121,16 @@ async def run_job(
                 else:
                     sending = SendStage(
                         SendContext(
-                            job, client, limiter, tally, journal, schema, retry, halt, observe
+                            job,
+                            client,
+                            limiter,
+                            tally,
+                            journal,
+                            schema,
+                            retry,
+                            halt,
+                            observe,
+                            estimated_rows=source.estimated_rows(),
                         )
                     )
                     stages.append(

@@ -88,6 +88,7 @@ class Sender:
         window_s: float | None = None,
         clock: Callable[[], float] = time.time,
         stop: asyncio.Event | None = None,
+        estimated_total: int | None = None,
     ) -> None:
         self._client = client
         self._limiter = limiter
@@ -106,14 +107,17 @@ class Sender:
         self._window_s = window_s
         self._clock = clock
         self._stop = stop
+        self._estimated_total = estimated_total
 
     async def __call__(self, batch: Batch, last: bool) -> None:
         payload = payload_parts(self._schema, batch.data)
-        session = {
+        session: dict[str, Any] = {
             "session_id": self._session_id,
             "batch_seq": batch.seq,
             "last_batch_flag": last,
         }
+        if self._estimated_total is not None:
+            session["estimated_num_total"] = self._estimated_total
         if (
             batch.seq == 1
             and self._first_unknown

@@ -70,6 +70,7 @@ class SendContext:
     stop: asyncio.Event
     on_request: Callable[[str, float], None] | None = None
     clock: Callable[[], float] = time.time
+    estimated_rows: int | None = None  # the input's, when it can tell
 
 
 class SendStage:
@@ -164,7 +165,17 @@ class SendStage:
             window_s=ctx.job.session_window_s,
             clock=ctx.clock,
             stop=ctx.stop,
+            estimated_total=self._estimated_total(),
         )
+
+    def _estimated_total(self) -> int | None:
+        """Meta's `estimated_num_total` for the current session: the rows the input holds,
+        less those acknowledged in the job's earlier sessions."""
+        if self._ctx.estimated_rows is None:
+            return None
+        current = self._journal.current.session_id
+        earlier = sum(r.rows for r in self._journal.acked.values() if r.session_id != current)
+        return max(0, self._ctx.estimated_rows - earlier)
 
     def _coordinator(self, mode: Mode) -> SessionCoordinator:
         ctx = self._ctx

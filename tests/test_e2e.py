@@ -50,6 +50,10 @@ async def test_add_with_concurrency_and_random_latency(
     check_session(fake, report)
     assert fake.members(AUDIENCE) == expected_rows(people)
     assert report_path.read_bytes().strip() == run.stdout.strip().encode()
+    # Meta's estimated_num_total, from the file's size: near the real count.
+    session = fake.session(AUDIENCE, report["session_id"])
+    assert session is not None and session.estimated_num_total is not None
+    assert abs(session.estimated_num_total - 25_000) < 2_500
 
 
 async def test_remove_takes_rows_out(fake: FakeGraph, tmp_path: Path) -> None:
