@@ -21,6 +21,7 @@ from .checkpoint import batch_digest
 from .client import GraphClient, Mode
 from .config import UploadJob, new_session_id
 from .errors import (
+    EMPTY_REPLACE,
     REPLACE_ERROR_CODE,
     REPLACE_NO_FIRST_BATCH,
     REPLACE_TOO_LARGE,
@@ -312,8 +313,5 @@ class SendStage:
 
     async def _empty_replace(self) -> None:
         if not self._ctx.job.allow_empty_replace:
-            raise InputError(
-                "replace with zero valid rows would empty the audience; "
-                "pass --allow-empty-replace to do that on purpose"
-            )
+            raise InputError(EMPTY_REPLACE)
         await self._sender("replace")(Batch(1, 0, b"", 0, 0, 1), True)
