@@ -363,7 +363,7 @@ class _CsvInput(InputFile):
                     break
                 # A record spans lines only inside quotes, and csv.reader ends lines at a lone
                 # CR too: other blocks parse alone, and their rows are their lines.
-                if b'"' in data or data.count(b"\r") != data.count(b"\r\n"):
+                if b'"' in data or (line_ends := _line_ends(data)) is None:
                     blocks.text = _decode(data)[0]
                     self._records = blocks.records(self._delimiter)
                     continue
@@ -372,7 +372,7 @@ class _CsvInput(InputFile):
                     yield from block.parse_into(out)
                 else:
                     yield from out.flush()
-                    out.skip(block.rows())
+                    out.skip(line_ends + (not data.endswith(b"\n")))
                     yield block
         except _STREAM_ERRORS as exc:
             raise _unreadable(out.n, exc) from exc
@@ -383,6 +383,14 @@ class _CsvInput(InputFile):
     def _close(self) -> None:
         if self._owned:
             self._stream.close()
+
+
+def _line_ends(data: bytes) -> int | None:
+    """How many LFs `data` holds, or None when it holds a lone CR (a line end to csv.reader).
+    Every block comes here: a file with LF ends skips the two CR counts (memchr finds none)."""
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+        return None
+    return data.count(b"\n")
 
 
 def _getter(indices: tuple[int, ...]) -> Callable[[list[str]], tuple[str, ...]]:

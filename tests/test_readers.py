@@ -673,3 +673,10 @@ def test_cell_lines_leave_long_lines_to_csv_reader(extra: int) -> None:
         assert (lines is None) == (extra > 0)
         if lines is not None:
             assert long in lines
+
+
+@given(st.text(alphabet="a\r\n", max_size=30), st.booleans())
+def test_line_ends_counts_lines_unless_a_cr_stands_alone(text: str, crlf: bool) -> None:
+    data = (text.replace("\n", "\r\n") if crlf else text).encode()
+    lone_cr = data.count(b"\r") != data.count(b"\r\n")
+    assert readers._line_ends(data) == (None if lone_cr else data.count(b"\n"))
