@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
+import aiohttp.abc
+import aiohttp.payload
 import orjson
 
 from .errors import ApiError, ErrorInfo, TransportError
@@ -41,24 +43,72 @@ def appsecret_proof(access_token: str, app_secret: str) -> str:
 def multipart_body(fields: Mapping[str, bytes | Sequence[bytes]]) -> tuple[bytes, str]:
     """Encode form fields as multipart/form-data; returns (body, content type). A value may
     come in parts: they are joined straight into the body, never copied on their own."""
+    parts, ctype = multipart_parts(fields)
+    return b"".join(parts), ctype
+
+
+# Parts of a body at least this big are written on their own; smaller runs are joined, so a
+# request takes a few writes whatever its fields.
+_OWN_WRITE = 64 * 1024
+
+
+def multipart_parts(fields: Mapping[str, bytes | Sequence[bytes]]) -> tuple[list[bytes], str]:
+    """`multipart_body` as the parts that make it, for a request to write one after the other:
+    a batch's payload (megabytes with 8 keys) then goes out without a copy of it in memory."""
     while True:
         boundary = os.urandom(16).hex().encode()
         parts: list[bytes] = []
+        run: list[bytes] = []  # small pieces not yet joined
+        clash = False
         for name, value in fields.items():
-            parts += [
-                b"--",
-                boundary,
-                b'\r\nContent-Disposition: form-data; name="',
-                name.encode(),
-                b'"\r\n\r\n',
-                *((value,) if isinstance(value, bytes) else value),
-                b"\r\n",
-            ]
-        parts += [b"--", boundary, b"--\r\n"]
-        body = b"".join(parts)
+            pieces = (value,) if isinstance(value, bytes) else value
+            clash = clash or _holds(pieces, boundary)
+            run += [b"--", boundary, b'\r\nContent-Disposition: form-data; name="']
+            run += [name.encode(), b'"\r\n\r\n']
+            for piece in pieces:
+                if len(piece) >= _OWN_WRITE:
+                    parts += [b"".join(run), piece]
+                    run = []
+                else:
+                    run.append(piece)
+            run.append(b"\r\n")
+        run += [b"--", boundary, b"--\r\n"]
+        parts.append(b"".join(run))
         # Only the delimiters put in hold the boundary: no value does, even across its parts.
-        if body.count(boundary) == len(fields) + 1:
-            return body, f"multipart/form-data; boundary={boundary.decode()}"
+        # Each value sits between CRLFs, which a hex boundary cannot span.
+        if not clash:
+            return parts, f"multipart/form-data; boundary={boundary.decode()}"
+
+
+def _holds(pieces: Sequence[bytes], boundary: bytes) -> bool:
+    """Whether the pieces joined hold `boundary`, without joining them: one inside a piece,
+    or one across a seam, which starts in the last len-1 bytes before it and ends in the
+    first len-1 after."""
+    n = len(boundary) - 1
+    tail = b""
+    for piece in pieces:
+        if boundary in piece or boundary in tail + piece[:n]:
+            return True
+        tail = (tail + piece[-n:])[-n:]
+    return False
+
+
+class _PartsPayload(aiohttp.payload.Payload):
+    """A request body given as parts, written in turn (aiohttp's writer keeps to the length)."""
+
+    _value: list[bytes]
+    _autoclose = True  # bytes in memory, nothing to close; may be written again (a redirect)
+
+    def __init__(self, parts: list[bytes], content_type: str) -> None:
+        super().__init__(parts, content_type=content_type)
+        self._size = sum(map(len, parts))
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        for part in self._value:
+            await writer.write(part)
 
 
 class GraphClient:
@@ -97,12 +147,9 @@ class GraphClient:
         if mode == "remove":
             # POST with method=DELETE: a real DELETE puts the fields in the URL (the SDK's bug).
             fields["method"] = b"DELETE"
-        body, ctype = multipart_body(fields)
+        parts, ctype = multipart_parts(fields)
         return await self._request(
-            "POST",
-            f"{self._base}/{audience_id}/{edge}",
-            data=body,
-            headers={"Content-Type": ctype},
+            "POST", f"{self._base}/{audience_id}/{edge}", data=_PartsPayload(parts, ctype)
         )
 
     async def session_status(self, audience_id: str, session_id: int) -> dict[str, Any] | None:
