@@ -7,7 +7,6 @@ codes and messages name rows and columns, never raw values (SPEC section 5).
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import gzip
 import hashlib
@@ -277,6 +276,8 @@ class InputFile:
 
 
 async def _in_thread(items: Iterator[Any]) -> AsyncIterator[Any]:
+    import asyncio  # here: hashing workers import this module and need no event loop
+
     while (item := await asyncio.to_thread(next, items, None)) is not None:
         yield item
 
