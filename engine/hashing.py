@@ -23,3 +23,10 @@ def hash_unit(unit: RawChunk | CsvBlock, schema: Schema, options: NormalizeOptio
     ):
         return done
     return encode_chunk(unit.parse(), schema, options)
+
+
+def hash_units(
+    units: list[RawChunk | CsvBlock], schema: Schema, options: NormalizeOptions
+) -> list[EncodedChunk]:
+    """Several units in one task: a hand-off to a worker process costs more than a loop."""
+    return [hash_unit(unit, schema, options) for unit in units]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import pickle
@@ -26,7 +27,7 @@ from engine.normalize import (
     normalize_value,
 )
 from engine.readers import CsvBlock
-from engine.rows import RawChunk, Reject
+from engine.rows import EncodedChunk, RawChunk, Reject
 from engine.sender import encode_payload
 
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
@@ -653,3 +654,44 @@ def test_email_bytes_path_takes_messy_lists(single: bool, crlf: bool) -> None:
     assert first == sha("user.0@example.com")
     assert (hashes[7] if single else hashes[7][0]) == sha("zo\u00eb.7@example.com")
     assert (hashes[8] if single else hashes[8][0]) == DIGEST  # row 111, after the two rejects
+
+
+def test_normalize_stage_keeps_order_and_holds_no_unit_back() -> None:
+    # Units waiting together go to a worker together, a unit alone at once (not held for
+    # the next one); chunks still come out in input order.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.pipeline import _normalize
+
+    schema, options = Schema.parse("EMAIL"), NormalizeOptions()
+    tasks: list[int] = []
+
+    class Pool(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            tasks.append(len(args[0]))
+            return super().submit(fn, *args, **kwargs)
+
+    def unit(row: int) -> RawChunk:
+        return RawChunk([row], [(f"u{row}@x.com",)])
+
+    async def run(pool: Pool) -> list[int]:
+        inp: asyncio.Queue[RawChunk | CsvBlock | None] = asyncio.Queue(4)
+        out: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(100)
+        stage = asyncio.ensure_future(_normalize(inp, out, schema, options, pool))
+        await inp.put(unit(1))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert tasks == [1]  # the next unit has not come: this one is on its way
+        for row in range(2, 5):
+            inp.put_nowait(unit(row))  # three waiting at once
+        for row in range(5, 12):
+            await inp.put(unit(row))
+        await inp.put(None)
+        await stage
+        chunks = [out.get_nowait() for _ in range(out.qsize())]
+        assert chunks[-1] is None
+        return [n for c in chunks[:-1] if c is not None for n in c.row_numbers]
+
+    with Pool(2) as pool:
+        assert asyncio.run(run(pool)) == list(range(1, 12))
+    assert sum(tasks) == 11 and max(tasks) == 2  # some went two at a time
