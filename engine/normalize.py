@@ -540,6 +540,74 @@ def _positions(items: list[_T], value: _T) -> list[int]:
         return found
 
 
+def _set_aside(
+    rows: Iterable[int], lines: list[bytes], cells: list[bytes], fixed: dict[int, str | None]
+) -> bytes:
+    """Gives `rows` the per-cell rule on their text in `fixed` and blanks their cells, out of
+    the whole-block checks' way (a cell with no "@"); returns the cells joined again."""
+    for i in rows:
+        fixed[i] = _email_cell(lines[i].decode().strip().lower())
+        cells[i] = b""
+    return b"\n".join(cells)
+
+
+def _no_at_if_plain(joined: bytes, skeleton: bytes, n: int) -> list[int] | None:
+    """The cells without an "@", when every other one of the `n` cells is an address by
+    `_is_email` (the whole-block checks); None when the checks cannot tell."""
+    if not _plain_utf8(joined, skeleton):
+        return None
+    at_signs = skeleton.translate(None, b".")  # now only "@"s and newlines: a part per cell
+    no_at = _positions(at_signs.split(b"\n"), b"")
+    # As many "@" as cells holding one: each holds exactly one.
+    return no_at if len(at_signs) - (n - 1) == n - len(no_at) else None
+
+
+def _odd_cells(joined: bytes, skeleton: bytes, n: int) -> set[int]:
+    """The cells that fail one of `_no_at_if_plain`'s checks, found from where it fails
+    (a scan or two per check), so that only they need the per-cell rule."""
+    odd = set(
+        _rows_at(
+            joined,
+            [p + 1 for p in _find_all(joined, b"\n@")]  # an empty local part
+            + _find_all(joined, b"@.")
+            + _find_all(joined, b".\n"),
+        )
+    )
+    if joined.startswith(b"@"):
+        odd.add(0)
+    if joined.endswith(b".") or skeleton.endswith(b"@"):
+        odd.add(n - 1)
+    # Cells with a space or a control character, ...
+    odd.update(compress(range(n), skeleton.translate(None, b"@.").split(b"\n")))
+    # ... an "@" without a "." after it, or more than one "@".
+    odd.update(_rows_at(skeleton, _find_all(skeleton, b"@\n")))
+    at_signs = skeleton.translate(None, _NOT_AT_OR_NEWLINE)
+    odd.update(_rows_at(at_signs, _find_all(at_signs, b"@@")))
+    return odd
+
+
+def _find_all(text: bytes, part: bytes) -> list[int]:
+    found: list[int] = []
+    at = text.find(part)
+    while at >= 0:
+        found.append(at)
+        at = text.find(part, at + 1)
+    return found
+
+
+def _rows_at(text: bytes, positions: list[int]) -> list[int]:
+    """The line (row) of each position in `text`, counting newlines once over the text."""
+    rows: list[int] = []
+    row = at = 0
+    for p in sorted(positions):
+        row += text.count(b"\n", at, p)
+        at = p
+        rows.append(row)
+    return rows
+
+
+_NOT_AT_OR_NEWLINE = bytes(b for b in range(256) if b not in b"@\n")
+
 # Per payload row: how the digests are joined, and each row's bytes with its comma: the
 # digest's 64 characters in quotes, in brackets too for a (one-key) list.
 _EMAIL_ROWS = {True: (b'"', '","', b'"', 67), False: (b'["', '"],["', b'"]', 69)}
@@ -570,22 +638,17 @@ def encode_email_lines(lines: list[bytes], first_row: int, schema: Schema) -> En
     n = len(cells)
     joined = b"\n".join(cells)
     # Rows whose outcome the per-cell rule gives, on their text: non-ASCII ones (bytes.lower
-    # would miss their capitals; rare) and, further down, those without an "@".
+    # would miss their capitals; rare), those the checks flag, and those without an "@".
     fixed: dict[int, str | None] = {}
     if not joined.isascii():
-        for i in _positions(list(map(bytes.isascii, cells)), False):
-            fixed[i] = _email_cell(lines[i].decode().strip().lower())
-            cells[i] = b""  # out of the checks' way: a cell with no "@"
-        joined = b"\n".join(cells)
+        joined = _set_aside(_positions(list(map(bytes.isascii, cells)), False), lines, cells, fixed)
     skeleton = joined.translate(None, _EMAIL_NOISE)
-    # Each cell's "@"s: b"" for a cell without one. Past the first check the skeleton holds
-    # only "@", "." and newlines, so there is one part per cell.
-    at_signs = skeleton.translate(None, b".")
-    no_at = _positions(at_signs.split(b"\n"), b"")
-    if not (
-        _plain_utf8(joined, skeleton) and len(at_signs) - (n - 1) == n - len(no_at)
-    ):  # the second: as many "@" as cells holding one, so each holds exactly one
-        return None
+    if (no_at := _no_at_if_plain(joined, skeleton, n)) is None:
+        # A few odd addresses in a block are common: find them, set them aside, look again.
+        joined = _set_aside(_odd_cells(joined, skeleton, n), lines, cells, fixed)
+        skeleton = joined.translate(None, _EMAIL_NOISE)
+        if (no_at := _no_at_if_plain(joined, skeleton, n)) is None:
+            return None
     hexes = list(map(_hexdigest, map(_sha256, cells)))
     for i in no_at:
         if i not in fixed:

@@ -695,3 +695,21 @@ def test_normalize_stage_keeps_order_and_holds_no_unit_back() -> None:
     with Pool(2) as pool:
         assert asyncio.run(run(pool)) == list(range(1, 12))
     assert sum(tasks) == 11 and max(tasks) == 2  # some went two at a time
+
+
+def test_email_bytes_path_sets_odd_addresses_aside() -> None:
+    # A block with a few addresses of each shape the whole-block checks reject stays on the
+    # bytes path: those cells alone get the per-cell rule.
+    odd = ["a@b@x.com", "x@y.com.", "@x.com", "x@.y.com", "x@localhost", "ma ry@x.com"]
+    odd += ["t\tab@x.com", "d\x7fel@x.com", "x@y.com\x0b", "\u00e9@x.com", "Y@X.COM"]
+    cells = [f"u{i}@x.com" for i in range(200)]
+    for k, cell in enumerate(odd):
+        cells[k * 17] = cell
+    cells[-1] = "end@x."
+    block = email_block(cells, True, False)
+    lines = block.cell_lines()
+    assert lines is not None
+    fast = encode_email_lines(lines, 100, Schema.parse("EMAIL"))
+    assert fast is not None
+    assert fast == encode_chunk(block.parse(), Schema.parse("EMAIL"), NormalizeOptions())
+    assert len(fast.rejects) == 9  # all but the accented and the capital one
