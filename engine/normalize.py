@@ -629,8 +629,8 @@ def encode_email_lines(lines: list[bytes], first_row: int, schema: Schema) -> En
     rows, one cell each, numbered from `first_row` (`CsvBlock.cell_lines`), worked on as
     bytes: no str per cell, and the payload JSON joined straight from the digests.
 
-    None when a cell holding an "@" has a shape the whole-block checks cannot place; the
-    general path then gives the same result for that block, cell by cell.
+    None when the whole-block checks still fail with the cells they flag set aside (not
+    seen yet); the general path then gives the same result for that block, cell by cell.
     """
     # ASCII bytes trim and lowercase as their text does (bytes.strip misses the \x1c-\x1f
     # separators str.strip takes, but any control character fails the checks below).
