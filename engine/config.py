@@ -12,9 +12,11 @@ from .errors import ConfigError
 
 MODES: tuple[Mode, ...] = ("add", "remove", "replace")
 MAX_BATCH_SIZE = 10_000
-# Requests in flight per job. Enough to hide a 200 ms round trip at full hashing speed
-# (10,000-row batches), and the rate limiter, not this, keeps the account's pace.
-DEFAULT_CONCURRENCY = 16
+# Requests in flight per job, at most (the session coordinator's byte budget also bounds
+# them). Enough to hide a 200 ms round trip at full hashing speed with one-key rows (60
+# batches/s of 10,000 need 12 in flight, and the slack absorbs jitter); the rate limiter,
+# not this, keeps the account's pace.
+DEFAULT_CONCURRENCY = 32
 
 
 def new_session_id() -> int:

@@ -15,6 +15,31 @@ SendFn = Callable[[Batch, bool], Awaitable[None]]
 NextFn = Callable[[], Awaitable[Batch | None]]
 """The session's next batch in `seq` order, or None when there are no more."""
 
+# Payload bytes a job keeps in flight at most: requests hold their batch until acknowledged
+# (a retry sends it again), so this, not the request count, bounds memory for wide rows.
+# 40 MB is seven 10,000 x 8-key batches, which hide a 200 ms round trip at full hashing speed.
+MAX_INFLIGHT_BYTES = 40 << 20
+
+
+class _ByteBudget:
+    """At most `limit` bytes taken at once; a single take bigger than that waits until
+    nothing else is taken, then goes alone."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._taken = 0
+        self._changed = asyncio.Condition()
+
+    async def take(self, n: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._taken or self._taken + n <= self._limit)
+            self._taken += n
+
+    async def give(self, n: int) -> None:
+        async with self._changed:
+            self._taken -= n
+            self._changed.notify_all()
+
 
 @dataclass
 class Outcome:
@@ -28,6 +53,9 @@ class Outcome:
 
 class SessionCoordinator:
     """Feeds one session's batches, in `seq` order, to at most `concurrency` concurrent sends.
+
+    At most `concurrency` sends run at once, holding at most `max_bytes` of batch data
+    between them (a bigger batch goes alone).
 
     Contract (SPEC section 2): the newest batch is always held back until the next one
     arrives, so the coordinator knows which batch is last; the last batch is sent, with
@@ -49,11 +77,13 @@ class SessionCoordinator:
         first_alone: bool,
         stop: asyncio.Event | None = None,
         cut: Callable[[int], bool] | None = None,
+        max_bytes: int = MAX_INFLIGHT_BYTES,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._send = send
         self._slots = asyncio.Semaphore(concurrency)
+        self._bytes = _ByteBudget(max_bytes)
         self._first_alone = first_alone
         self._stop = stop or asyncio.Event()
         self._cut = cut or (lambda in_flight: False)
@@ -130,19 +160,24 @@ class SessionCoordinator:
 
     async def _start(self, batch: Batch) -> None:
         await self._slots.acquire()
+        await self._bytes.take(len(batch.data))
         if self._halted():
-            self._slots.release()
+            await self._release(batch)
             await self._wind_down()
         if self._first_alone and batch.seq == 1:
             try:
                 await self._send(batch, False)
                 self._unacked.remove(batch)
             finally:
-                self._slots.release()
+                await self._release(batch)
             return
         task = asyncio.create_task(self._guarded(batch))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+    async def _release(self, batch: Batch) -> None:
+        await self._bytes.give(len(batch.data))
+        self._slots.release()
 
     async def _guarded(self, batch: Batch) -> None:
         try:
@@ -152,4 +187,4 @@ class SessionCoordinator:
             self._errors.append(exc)
             self._failed.set()
         finally:
-            self._slots.release()
+            await self._release(batch)

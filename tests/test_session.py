@@ -165,3 +165,37 @@ async def test_failure_leaves_unacknowledged_batches_for_a_retry() -> None:
     left = [b.seq for b in coordinator.leftovers()]
     assert 5 in left and not acked & set(left)
     assert left == sorted(left)
+
+
+class BytesInFlight(Recorder):
+    """A Recorder that also notes the payload bytes in flight as each send starts."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.bytes = 0
+        self.at_start: list[int] = []
+
+    async def __call__(self, batch: Batch, last: bool) -> None:
+        self.bytes += len(batch.data)
+        self.at_start.append(self.bytes)
+        try:
+            await super().__call__(batch, last)
+        finally:
+            self.bytes -= len(batch.data)
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_byte_budget_bounds_the_data_in_flight(seed: int) -> None:
+    # Wide rows: 100-byte batches and one of 1,000 bytes, against a 350-byte budget and a
+    # concurrency that alone would let 8 go at once.
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+    for seq in range(1, 31):
+        queue.put_nowait(Batch(seq, 1, b"x" * (1000 if seq == 12 else 100), seq, seq))
+    queue.put_nowait(None)
+    send = BytesInFlight(seed)
+    await SessionCoordinator(send, concurrency=8, first_alone=False, max_bytes=350).run(queue.get)
+    check_invariants(send.events, 30)
+    assert 1000 in send.at_start  # the oversized batch went, and alone
+    assert all(b <= 350 for b in send.at_start if b != 1000)
+    assert max(send.at_start) == 1000
+    assert send.max_inflight == 3  # the budget, not the concurrency, was the bound
