@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from .batcher import Batch
-from .checkpoint import BatchRecord, Checkpoint, JobRecord, SessionRecord
+from .checkpoint import BatchRecord, Checkpoint, JobRecord, SessionRecord, batch_digest
 
 # Meta discards batches that arrive 90 minutes after a session's first batch.
 SESSION_WINDOW_S = 90 * 60
@@ -109,13 +109,17 @@ class Journal:
         assert session.started_at is not None
         return session.started_at
 
-    def acknowledged(self, batch: Batch, digest: str, body: dict[str, Any], *, last: bool) -> None:
+    def acknowledged(
+        self, batch: Batch, payload: Sequence[bytes], body: dict[str, Any], *, last: bool
+    ) -> None:
+        """Record an acknowledged batch; `payload` is its payload field (in parts), whose
+        digest a resumed run checks the batch against (only a checkpoint needs it)."""
         received, invalid = body.get("num_received"), body.get("num_invalid_entries")
         record = BatchRecord(
             batch.index,
             self.current.session_id,
             batch.rows,
-            digest,
+            batch_digest(*payload) if self._checkpoint is not None else "",
             received if isinstance(received, int) else None,
             invalid if isinstance(invalid, int) else None,
         )

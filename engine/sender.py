@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 
 from .batcher import Batch
-from .checkpoint import batch_digest
 from .client import GraphClient, Mode
 from .errors import (
     TRANSIENT_CODES,
@@ -222,7 +221,7 @@ class Sender:
     def _acknowledged(
         self, batch: Batch, payload: Payload, body: dict[str, Any], last: bool
     ) -> None:
-        self._journal.acknowledged(batch, batch_digest(*payload), body, last=last)
+        self._journal.acknowledged(batch, payload, body, last=last)
         self._tally.acknowledged(batch.rows, body, self._session_id)
 
     def _unless_stopping(self, batch: Batch) -> None:
