@@ -1,17 +1,17 @@
 """Per-stage CPU of the engine, by running its stage functions one after another in this
 process on the same input (time.process_time around each stage, one core, no pool).
 
-Stages: read (InputFile.chunks), normalize+hash (encode_chunk: rows normalized, hashed and
-serialized as payload JSON), encode (Batcher, the payload around the rows and the multipart
-body) and send (GraphClient.upload of those bodies to the fake, client side only). The
-pipeline runs the same functions; what it adds on top (process pool hand-offs, queues,
-process start) is the engine's measured CPU minus the sum.
+Stages: read (InputFile.aunits: what the parent reads, quote-free CSV blocks or chunks),
+normalize+hash (hash_unit, what a hashing worker does with each: parse a block, normalize,
+hash and serialize the rows as payload JSON), encode (Batcher, the payload around the rows
+and the multipart body) and send (GraphClient.upload of those bodies to the fake, client
+side only). The pipeline runs the same functions; what it adds on top (process pool
+hand-offs, queues, process start) is the engine's measured CPU minus the sum.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -21,9 +21,10 @@ import orjson
 
 from engine.batcher import Batch, Batcher
 from engine.client import GraphClient, multipart_body
-from engine.normalize import NormalizeOptions, Schema, encode_chunk
+from engine.hashing import hash_unit
+from engine.normalize import NormalizeOptions, Schema
 from engine.pipeline import CHUNK_ROWS
-from engine.readers import open_input
+from engine.readers import CsvBlock, InputFile, open_input
 from engine.rows import EncodedChunk, RawChunk
 from engine.sender import encode_payload
 
@@ -47,16 +48,14 @@ def profile_stages(path: str, api_base: str, *, limit: int, default_cc: str = "1
     started = time.process_time()
     with open_input(path) as source:
         schema = Schema(source.bind(None, {}))
-        chunks: list[RawChunk] = list(
-            itertools.islice(source.chunks(CHUNK_ROWS), -(-limit // CHUNK_ROWS))
-        )
+        units = asyncio.run(_read(source, limit))
     spent["read"] = time.process_time() - started
-    rows = sum(chunk.rows_read for chunk in chunks)
 
     options = NormalizeOptions(default_country_code=default_cc)
     started = time.process_time()
-    hashed: list[EncodedChunk] = [encode_chunk(chunk, schema, options) for chunk in chunks]
+    hashed: list[EncodedChunk] = [hash_unit(unit, schema, options) for unit in units]
     spent["normalize_hash"] = time.process_time() - started
+    rows = sum(chunk.rows_read for chunk in hashed)
 
     session_id = random.randrange(1, 2**62)  # a fresh session each time, as the engine's
     started = time.process_time()
@@ -74,6 +73,18 @@ def profile_stages(path: str, api_base: str, *, limit: int, default_cc: str = "1
     asyncio.run(_send(api_base, session_id, batches, payloads))
     spent["send"] = time.process_time() - started
     return StageCpu(rows, {stage: seconds * 1e6 / rows for stage, seconds in spent.items()})
+
+
+async def _read(source: InputFile, limit: int) -> list[RawChunk | CsvBlock]:
+    """The units the pipeline's read stage hands on, until they hold `limit` rows."""
+    units: list[RawChunk | CsvBlock] = []
+    rows = 0
+    async for unit in source.aunits(CHUNK_ROWS):
+        units.append(unit)
+        rows += unit.rows_read if isinstance(unit, RawChunk) else unit.rows()
+        if rows >= limit:
+            break
+    return units
 
 
 def _session(session_id: int, batch: Batch) -> dict[str, int | bool]:
