@@ -12,7 +12,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aioresponses import aioresponses
+from hypothesis import given
+from hypothesis import strategies as st
 
+from engine import client as transport
 from engine.client import GraphClient, appsecret_proof, multipart_body
 from engine.errors import ApiError, TransportError
 
@@ -103,6 +106,35 @@ def test_multipart_boundary_never_occurs_in_a_value() -> None:
     body, ctype = multipart_body({"a": b"x" * 100, "b": b""})
     boundary = ctype.split("boundary=")[1].encode()
     assert body.count(boundary) == 3  # two parts and the closing line
+
+
+@given(
+    pieces=st.lists(st.binary(max_size=9).map(lambda b: b.replace(b"\x00", b"ab")), max_size=8),
+    boundary=st.sampled_from([b"ab", b"aba", b"abcab"]),
+)
+def test_a_boundary_is_found_across_the_pieces_as_in_them_joined(
+    pieces: list[bytes], boundary: bytes
+) -> None:
+    assert transport._holds(pieces, boundary) == (boundary in b"".join(pieces))
+
+
+def test_body_parts_join_into_the_multipart_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A value that holds the first boundary across two of its parts makes a second one.
+    draws = iter([b"\x01" * 16, b"\x02" * 16])
+    monkeypatch.setattr(transport.os, "urandom", lambda n: next(draws))
+    first = (b"\x01" * 16).hex().encode()
+    big = b"x" * transport._OWN_WRITE
+    fields = {"payload": (b"{" + first[:5], first[5:] + big, b"}"), "session": b"{}"}
+    parts, ctype = transport.multipart_parts(fields)
+    boundary = (b"\x02" * 16).hex().encode()
+    assert ctype == f"multipart/form-data; boundary={boundary.decode()}"
+    assert b"".join(parts) == (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="payload"\r\n\r\n{'
+        + first + big + b"}\r\n--" + boundary
+        + b'\r\nContent-Disposition: form-data; name="session"\r\n\r\n{}\r\n--'
+        + boundary + b"--\r\n"
+    )  # fmt: skip
+    assert len(parts) == 3 and parts[1] == first[5:] + big  # the big part is written alone
 
 
 @pytest.mark.parametrize(
