@@ -117,6 +117,16 @@ def recorded(checkpoint: Path) -> set[int]:
     return set(record.batches)
 
 
+async def resume(
+    fake: FakeGraph, args: Any, first_run: int, acked_before: set[int]
+) -> dict[str, Any]:
+    """Run the interrupted job's command again: it finishes the job; returns its report."""
+    again = await Cli().run(*args)
+    assert again.code == 0, again.stderr
+    check_resumed(fake, again.report, first_run, acked_before)
+    return again.report
+
+
 def check_resumed(
     fake: FakeGraph, report: dict[str, Any], first_run: int, acked_before: set[int]
 ) -> None:
@@ -180,9 +190,7 @@ async def test_sigkill_then_rerun_finishes_the_same_session(
     status = await Cli().run("status", "--checkpoint", str(checkpoint))
     assert status.code == 0 and orjson.loads(status.stdout)["state"] == "running"
 
-    again = await Cli().run(*args)
-    assert again.code == 0, again.stderr
-    check_resumed(fake, again.report, first_run, acked_before)
+    await resume(fake, args, first_run, acked_before)
     wanted = set() if mode == "remove" else expected_rows(people)
     assert fake.members(AUDIENCE) == wanted
     if mode == "replace":
@@ -220,13 +228,11 @@ async def test_sigterm_saves_progress_exits_3_and_resumes(
     assert {e.batch_seq for e in answered} == acked_before
     assert [e.last_batch_flag for e in fake.log].count(True) == int(drop)
 
-    again = await Cli().run(*args)
-    assert again.code == 0, again.stderr
-    check_resumed(fake, again.report, first_run, acked_before)
+    again = await resume(fake, args, first_run, acked_before)
     assert fake.members(AUDIENCE) == expected_rows(people)
     assert fake.violations == []
     # Work done before the signal is not redone: only the lost request goes again.
-    assert len(fake.log) == again.report["batches_total"] + int(drop)
+    assert len(fake.log) == again["batches_total"] + int(drop)
 
 
 async def test_sigkill_between_acknowledgement_and_checkpoint_write(
@@ -268,9 +274,7 @@ async def test_sigkill_between_acknowledgement_and_checkpoint_write(
     assert replied[0].outcome == "ok" and replied[0].batch_seq not in acked_before
 
     fake.configure(rate_limit=None)
-    again = await Cli().run(*args)
-    assert again.code == 0, again.stderr
-    check_resumed(fake, again.report, first_run, acked_before)
+    await resume(fake, args, first_run, acked_before)
     assert fake.members(AUDIENCE) == expected_rows(people)
 
 
@@ -457,9 +461,7 @@ async def test_second_signal_stops_at_once_and_the_job_still_resumes(
     assert signals == 2
     assert "stopped at once" in first.stderr and str(checkpoint) in first.stderr
     first_run, acked_before = len(fake.log), recorded(checkpoint)
-    again = await Cli().run(*args)
-    assert again.code == 0, again.stderr
-    check_resumed(fake, again.report, first_run, acked_before)
+    await resume(fake, args, first_run, acked_before)
     assert fake.members(AUDIENCE) == expected_rows(people)
 
 
