@@ -9,6 +9,7 @@ every job and audience of one account shares one `AccountLimiter`, handed out by
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 import random
@@ -211,6 +212,8 @@ class LimiterConfig:
     estimate, if given, pauses the account. The AIMD rate is left alone there: the cap already
     holds the account back for as long as usage stays high, and halving as well made it crawl
     once usage fell (a benchmark against a sliding-window cap lost a tenth of its goodput so).
+    Once a fall of usage has shown how long the account's window is at most, the call after a
+    stop goes when the oldest call in the window leaves it, if that is sooner (see `_Window`).
     Throttles pause for `estimated_time_to_regain_access` capped at `max_throttle_wait_s`,
     else for `backoff`.
     """
@@ -244,6 +247,75 @@ class LimiterConfig:
 # the outcome in one task, so a reply to a request sent before the current slow-down episode
 # began (which must not count as a new one) can be told from a fresh one.
 _GRANT: ContextVar[tuple[AccountLimiter, float] | None] = ContextVar("limiter_grant", default=None)
+
+# Grant times a _Window keeps at most; beyond them it times calls to a later leaving, still
+# no later than the blind interval.
+_KEEP_GRANTS = 1 << 16
+
+
+class _Window:
+    """What the usage figures tell of the account's rolling quota window, to time the call
+    after a usage stop to the room coming back.
+
+    A rolling window frees a call's room when the call ages out of it. Once usage has reached
+    `stop_pct`, a later reply at or under `slow_pct` shows that calls had left by the time its
+    request went out, and the account's first call was among them or came after older ones
+    that left: the window is at most the time from that first call to that request. With the
+    bound known, the call after a stop need not wait a blind 1/`min_rate`: room comes back when
+    the oldest of our calls still in the window leaves it. A call so timed whose reply shows
+    usage above that of the stop found no room (the bound was wrong: other clients' calls
+    had left), and so does one met with a throttle: the bound is forgotten.
+    """
+
+    def __init__(self, config: LimiterConfig) -> None:
+        self._config = config
+        self._grants: list[float] = []  # when our calls went out, oldest first
+        self._first: float | None = None
+        self._top: float | None = None  # usage at the latest stop; None once usage fell
+        self._timed_after: float | None = None  # calls after this were timed to a leaving
+        self.length: float | None = None  # the window's length at most, once a fall showed it
+
+    def granted(self, when: float) -> None:
+        if self._first is None:
+            self._first = when
+        self._grants.append(when)
+        if len(self._grants) > 2 * _KEEP_GRANTS:
+            del self._grants[:_KEEP_GRANTS]
+
+    def forget(self) -> None:
+        self.length = None
+
+    def after_reply(self, pct: float, sent: float | None, now: float) -> float | None:
+        """Take in a reply's usage (`sent`: when its request went out, if known); return when
+        the next call may go after a stop, None to leave that to the rate."""
+        cfg = self._config
+        if pct < cfg.stop_pct:
+            if pct <= cfg.slow_pct and self._top is not None:
+                if self.length is None and sent is not None and self._first is not None:
+                    self.length = sent - self._first
+                self._top = None
+            return None
+        timed = self._timed_after is not None and sent is not None and sent > self._timed_after
+        if timed and self._top is not None and pct > self._top:
+            self.forget()
+        self._top = pct
+        due = self._leaving(now)
+        self._timed_after = now if due is not None else None
+        return due
+
+    def _leaving(self, now: float) -> float | None:
+        """When the oldest of our calls in the window leaves it, if sooner than 1/min_rate."""
+        if self.length is None:
+            return None
+        grants = self._grants
+        i = bisect.bisect_right(grants, now - self.length)
+        if i > 1024:
+            del grants[:i]  # gone from the window for good
+            i = 0
+        if i == len(grants) or grants[i] + self.length - now >= 1 / self._config.min_rate:
+            return None
+        return grants[i] + self.length
+
 
 # A rising rate is applied once it is this much above the bucket's (or back at full rate), so
 # that AIMD's small additive steps rebuild the bucket a handful of times rather than per reply.
@@ -288,6 +360,7 @@ class AccountLimiter:
         # ceiling (latest headers); kept apart so that usage falling again lifts the cap at once.
         self._aimd = self.config.rate
         self._ceiling = self.config.rate
+        self._window = _Window(self.config)
         self._pause_until = -math.inf
         self._episode_start = -math.inf  # first signal of the latest slow-down episode
         self._streak = 0  # throttle episodes since the last success
@@ -326,7 +399,9 @@ class AccountLimiter:
                     continue
                 # A pause may have begun just as the token came: then it does not count.
                 if await self._take() and self._clock.monotonic() >= self._pause_until:
-                    _GRANT.set((self, self._clock.monotonic()))
+                    now = self._clock.monotonic()
+                    _GRANT.set((self, now))
+                    self._window.granted(now)
                     return
 
     def on_success(self, usage: Usage | None) -> None:
@@ -345,6 +420,11 @@ class AccountLimiter:
             self._aimd = min(cfg.rate, self._aimd + cfg.increase)
         if usage is not None:
             self._ceiling = self._ceiling_for(usage.pct)
+            now = self._clock.monotonic()
+            due = self._window.after_reply(usage.pct, self._sent(), now)
+            if due is not None:
+                # The bucket was emptied just now: its first token comes at `due`.
+                self._ceiling = min(cfg.rate, 1.0 / max(due - now, 1.0 / cfg.rate))
         self._notify()
 
     def on_throttle(self, usage: Usage | None) -> float:
@@ -352,6 +432,7 @@ class AccountLimiter:
         cfg = self.config
         now = self._clock.monotonic()
         self._throttles += 1
+        self._window.forget()
         if now >= self._pause_until and self._fresh():
             self._streak += 1
             self._decrease()
@@ -374,10 +455,13 @@ class AccountLimiter:
 
     def _fresh(self) -> bool:
         """Whether the calling task's last request was sent after the latest episode began."""
+        sent = self._sent()
+        return True if sent is None else sent > self._episode_start  # not known: count it
+
+    def _sent(self) -> float | None:
+        """When the calling task's last request went out, if it was let through here."""
         grant = _GRANT.get()
-        if grant is None or grant[0] is not self:
-            return True  # not known: count it
-        return grant[1] > self._episode_start
+        return grant[1] if grant is not None and grant[0] is self else None
 
     def _extend_pause(self, seconds: float) -> None:
         self._pause_until = max(self._pause_until, self._clock.monotonic() + seconds)

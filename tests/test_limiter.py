@@ -277,6 +277,50 @@ async def test_usage_at_stop_pct_with_a_regain_estimate_pauses() -> None:
     assert now() == 34.0
 
 
+async def learn_a_16_s_window(limiter: AccountLimiter) -> None:
+    """The account's first call at 0 meets a stop; the blind probe at 16 s finds calls gone."""
+    await limiter.acquire()
+    limiter.on_success(Usage(pct=97.0))  # the window's length is not known: a blind probe
+    await limiter.acquire()
+    assert now() == 16.0
+    limiter.on_success(Usage(pct=40.0))  # calls had left by 16 s: the window is 16 s at most
+    assert limiter.rate == 8.0
+
+
+@looptime
+async def test_after_a_fall_the_call_after_a_stop_waits_for_the_oldest_to_leave() -> None:
+    limiter = AccountLimiter(LimiterConfig(rate=8.0, burst=1, min_rate=0.0625, increase=0.0))
+    await learn_a_16_s_window(limiter)
+    for _ in range(8):
+        await limiter.acquire()
+    assert now() == 17.0
+    limiter.on_success(Usage(pct=97.0))
+    # The call of 16 s leaves the window at 32 s: no blind 16 s from now (33 s).
+    await limiter.acquire()
+    assert now() == pytest.approx(32.0, abs=1e-3)
+    limiter.on_success(Usage(pct=97.0))  # a call left as one came: usage as before
+    await limiter.acquire()
+    assert now() == pytest.approx(32.125, abs=1e-3)  # the next leaves at 32.125
+    # This timed call finds usage higher: nothing had left, so the bound was wrong.
+    limiter.on_success(Usage(pct=99.0))
+    await limiter.acquire()
+    assert now() == pytest.approx(48.125, abs=1e-3)  # blind again
+
+
+@looptime
+async def test_a_throttle_forgets_the_window() -> None:
+    config = LimiterConfig(rate=8.0, burst=1, min_rate=0.0625, increase=0.0)
+    limiter = AccountLimiter(config)
+    await learn_a_16_s_window(limiter)
+    await limiter.acquire()
+    limiter.on_throttle(regain(1.0))  # pause to 17.125, AIMD down to 4/s
+    await limiter.acquire()
+    assert now() == 17.375
+    limiter.on_success(Usage(pct=97.0))
+    await limiter.acquire()
+    assert now() == pytest.approx(33.375, abs=1e-3)  # blind: not when the 16 s call leaves
+
+
 @looptime
 async def test_a_rate_that_rises_again_releases_queued_waiters_at_once() -> None:
     config = LimiterConfig(rate=8.0, burst=1, min_rate=0.25, increase=0.0)
