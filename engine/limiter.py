@@ -264,7 +264,9 @@ class _Window:
     bound known, the call after a stop need not wait a blind 1/`min_rate`: room comes back when
     the oldest of our calls still in the window leaves it. A call so timed whose reply shows
     usage above that of the stop found no room (the bound was wrong: other clients' calls
-    had left), and so does one met with a throttle: the bound is forgotten.
+    had left), and so does one met with a throttle: the bound is forgotten. When the first
+    call came long before the first stop the bound is too long to help, and harmless: a
+    timed call never goes later than the blind one would.
     """
 
     def __init__(self, config: LimiterConfig) -> None:
