@@ -24,7 +24,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,9 @@ class Throttled:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.smoke:
-        args.rows, args.sdk_rows, args.profile_rows = [10_000], 10_000, 10_000
+        args.rows, args.sdk_rows, args.profile_rows, args.repeat = [10_000], 10_000, 10_000, 1
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
         args.throttle_rows, args.throttle_batch = 10_000, 500
         args.throttle = (40, 1.0)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -111,9 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if (schema, rows) not in profiles:
                         cpu = profile_stages(str(path), url, limit=min(rows, args.profile_rows))
                         profiles[schema, rows] = cpu.seconds_for(rows)
-                    scenario = run_engine(path, url, schema, rows, latency, profiles[schema, rows])
+                    scenario = run_engine(
+                        path, url, schema, rows, latency, profiles[schema, rows], args.repeat
+                    )
                     if sdk:
-                        run_sdk(scenario, path, url, min(rows, args.sdk_rows))
+                        run_sdk(scenario, path, url, min(rows, args.sdk_rows), args.repeat)
                     _progress(scenario)
                     scenarios.append(scenario)
     throttled = run_throttled(args) if args.throttle_rows else []
@@ -145,6 +149,13 @@ def _parser() -> argparse.ArgumentParser:
         default=200_000,
         help="the SDK uploads at most this many rows of each file (its rate does not depend "
         "on the file size and 8 keys go at ~8k rows/s); 0 skips the SDK",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each upload, engine and SDK; the table has the median (peak RSS: the "
+        "highest)",
     )
     p.add_argument("--profile-rows", type=int, default=200_000, help="rows for the stage split")
     p.add_argument(
@@ -253,6 +264,14 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
     return Measured(wall, cpu, peak / 2**20, stdout)
 
 
+def measure_median(cmd: list[str], env: dict[str, str] | None, repeat: int) -> Measured:
+    """`measure` `repeat` times: the run of median wall time, with the highest peak RSS of
+    them all (a single run on a shared 2-core machine moves by a fifth)."""
+    runs = sorted((measure(cmd, env) for _ in range(repeat)), key=lambda run: run.wall_s)
+    median = runs[len(runs) // 2]
+    return replace(median, peak_rss_mb=max(run.peak_rss_mb for run in runs))
+
+
 def _drain(pipe: Any, sink: Any) -> threading.Thread:
     thread = threading.Thread(target=lambda: sink.write(pipe.read()), daemon=True)
     thread.start()
@@ -296,15 +315,21 @@ def engine_cmd(path: Path, url: str, report: Path, *extra: str) -> list[str]:
 
 
 def run_engine(
-    path: Path, url: str, schema: str, rows: int, latency: int, stages: dict[str, float]
+    path: Path,
+    url: str,
+    schema: str,
+    rows: int,
+    latency: int,
+    stages: dict[str, float],
+    repeat: int,
 ) -> Scenario:
     with tempfile.TemporaryDirectory() as tmp:
         report_path = Path(tmp) / "report.json"
         # The default 10 requests/s per ad account is a guard for real accounts; the fake
         # has no quota, so it is raised out of the way here.
         cmd = engine_cmd(path, url, report_path, "--rate", "1000")
-        run = measure(cmd, {"META_ACCESS_TOKEN": TOKEN})
-        report = json.loads(report_path.read_text())
+        run = measure_median(cmd, {"META_ACCESS_TOKEN": TOKEN}, repeat)
+        report = json.loads(report_path.read_text())  # the last run's; every run is alike
     if report["status"] != "completed" or report["rows_read"] != rows:
         raise RuntimeError(f"engine run did not complete: {report}")
     return Scenario(
@@ -319,9 +344,9 @@ def run_engine(
     )
 
 
-def run_sdk(scenario: Scenario, path: Path, url: str, rows: int) -> None:
+def run_sdk(scenario: Scenario, path: Path, url: str, rows: int, repeat: int) -> None:
     cmd = [sys.executable, "-m", "benchmarks.sdk_upload", str(path), "--api-base", url]
-    run = measure([*cmd, "--schema", scenario.schema, "--rows", str(rows)])
+    run = measure_median([*cmd, "--schema", scenario.schema, "--rows", str(rows)], None, repeat)
     sent = json.loads(run.stdout)["rows"]
     scenario.sdk_rows = sent
     scenario.sdk_rows_per_s = sent / run.wall_s
