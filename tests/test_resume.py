@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.checkpoint import Checkpoint
+from engine.checkpoint import Checkpoint, JobRecord
 from engine.fakegraph import REPLACE_WINDOW_S, FakeGraph, LogEntry
 from engine.sample import write_sample
 
@@ -106,15 +106,20 @@ async def interrupted(
         setattr(fake, f"on_{where}", None)
 
 
-def recorded(checkpoint: Path) -> set[int]:
-    """The batches the checkpoint holds as acknowledged."""
+def loaded(checkpoint: Path) -> JobRecord:
+    """The job the checkpoint holds."""
     store = Checkpoint(checkpoint)
     try:
         record = store.load()
     finally:
         store.close()
     assert record is not None
-    return set(record.batches)
+    return record
+
+
+def recorded(checkpoint: Path) -> set[int]:
+    """The batches the checkpoint holds as acknowledged."""
+    return set(loaded(checkpoint).batches)
 
 
 async def resume(
@@ -285,13 +290,7 @@ async def test_a_resumed_report_counts_the_invalid_entries_of_every_run(
     checkpoint = tmp_path / "job.sqlite"
     args = upload_args(people, fake.base_url, *ARGS, "--checkpoint", str(checkpoint))
     assert (await interrupted(fake, args, seq_is(6))).code == -signal.SIGKILL
-    store = Checkpoint(checkpoint)
-    try:
-        record = store.load()
-    finally:
-        store.close()
-    assert record is not None
-    assert sum(b.num_invalid or 0 for b in record.batches.values()) > 0
+    assert sum(b.num_invalid or 0 for b in loaded(checkpoint).batches.values()) > 0
 
     again = await Cli().run(*args)
     assert again.code == 0, again.stderr
