@@ -233,14 +233,30 @@ class Sender:
                 "acknowledged; it can be resumed"
             )
 
+    async def _wait_unless_stopped(self, seconds: float) -> None:
+        """Sleep, cut short by a stop: a backoff must not outlast the grace period."""
+        if self._stop is None:
+            await self._sleep(seconds)
+            return
+        sleep = asyncio.ensure_future(self._sleep(seconds))
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({sleep, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            stopped.cancel()
+
     async def _backoff(self, exc: ApiError | TransportError, batch: Batch, failures: int) -> int:
         self._unless_stopping(batch)
         if failures >= self._retry.max_retries:
             raise RetriesExhausted(exc, failures + 1) from None
-        self._tally.retry()
         delay = self._retry.backoff.delay(failures, self._rng)
         log.info("batch %d failed (%s), retrying in %.2fs", batch.seq, exc, delay)
-        await self._sleep(delay)
+        await self._wait_unless_stopped(delay)
+        # A stop may come while the failure is taken in (a signal is handled on a later turn
+        # of the loop than the failed request it came with): it still wins over the retry.
+        self._unless_stopping(batch)
+        self._tally.retry()
         return failures + 1
 
     async def _replace_started(self) -> dict[str, Any] | None:
