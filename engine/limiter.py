@@ -22,6 +22,8 @@ from typing import Any, Protocol
 import orjson
 from aiolimiter import AsyncLimiter
 
+from .aio import first_done
+
 log = logging.getLogger(__name__)
 
 BUC_HEADER = "x-business-use-case-usage"
@@ -412,9 +414,10 @@ class AccountLimiter:
         fresh = self._fresh()
         if fresh:
             self._streak = 0
+        now = self._clock.monotonic()
         if usage is not None and usage.pct >= cfg.stop_pct:
             # One step short of a throttle: no more burst, and a pause only if Meta names one.
-            self._empty_from(self._clock.monotonic())
+            self._empty_from(now)
             if usage.regain_s:
                 self._extend_pause(min(usage.regain_s, cfg.max_throttle_wait_s))
             log.info("ad account usage at %.0f%%, slowing to %.2f/s", usage.pct, self.rate)
@@ -422,7 +425,6 @@ class AccountLimiter:
             self._aimd = min(cfg.rate, self._aimd + cfg.increase)
         if usage is not None:
             self._ceiling = self._ceiling_for(usage.pct)
-            now = self._clock.monotonic()
             due = self._window.after_reply(usage.pct, self._sent(), now)
             if due is not None:
                 # The bucket was emptied just now: its first token comes at `due`.
@@ -495,13 +497,7 @@ class AccountLimiter:
         if bucket is None or self._stale():
             bucket = await self._rebuild()
         # A cancelled aiolimiter waiter leaves no trace: its future is dropped from the heap.
-        take = asyncio.ensure_future(bucket.acquire())
-        change = asyncio.ensure_future(self._changed.wait())
-        try:
-            await asyncio.wait({take, change}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            take.cancel()
-            change.cancel()
+        take = await first_done(bucket.acquire(), self._changed)
         if not take.done():
             return False
         take.result()

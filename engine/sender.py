@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from .aio import first_done
 from .batcher import Batch
 from .client import GraphClient, Mode
 from .errors import (
@@ -235,16 +236,7 @@ class Sender:
 
     async def _wait_unless_stopped(self, seconds: float) -> None:
         """Sleep, cut short by a stop: a backoff must not outlast the grace period."""
-        if self._stop is None:
-            await self._sleep(seconds)
-            return
-        sleep = asyncio.ensure_future(self._sleep(seconds))
-        stopped = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({sleep, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleep.cancel()
-            stopped.cancel()
+        await first_done(self._sleep(seconds), *(() if self._stop is None else (self._stop,)))
 
     async def _backoff(self, exc: ApiError | TransportError, batch: Batch, failures: int) -> int:
         self._unless_stopping(batch)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from .aio import first_done
 from .batcher import Batch
 from .errors import Interrupted
 
@@ -125,16 +126,7 @@ class SessionCoordinator:
     async def _next(self, next_batch: NextFn) -> Batch | None:
         # Wait for the next batch or a failed send, whichever comes first, so an error
         # surfaces at once even when the input is slow.
-        get = asyncio.ensure_future(next_batch())
-        failed = asyncio.ensure_future(self._failed.wait())
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({get, failed, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            failed.cancel()
-            stop.cancel()
-            if not get.done():
-                get.cancel()
+        get = await first_done(next_batch(), self._failed, self._stop)
         if get.done() and not get.cancelled():
             batch = get.result()
             if not self._halted():
