@@ -512,16 +512,19 @@ def _email_column(raws: Sequence[str]) -> list[Cell | None]:
             todo[i] = ""  # not hashed as it is: it may not even encode
     out: list[Cell | None] = list(map(_hexdigest, map(_sha256, map(str.encode, todo))))
     for i in odd:
-        s = cells[i]
-        out[i] = "" if not s else s if _is_digest(s) else None
+        out[i] = _not_an_address(cells[i])
     return out
 
 
 def _email_cell(s: str) -> str | None:
     """One trimmed, lowercased EMAIL cell as it goes in the payload (the per-cell rule): its
     hash, "" when empty, the digest it already is, or None when it is no address."""
-    if _is_email(s):
-        return _sha256(s.encode()).hexdigest()
+    return _sha256(s.encode()).hexdigest() if _is_email(s) else _not_an_address(s)
+
+
+def _not_an_address(s: str) -> str | None:
+    """A trimmed, lowercased EMAIL cell that is no address: "" when empty, the digest it
+    already is, else None (invalid)."""
     return "" if not s else s if _is_digest(s) else None
 
 
