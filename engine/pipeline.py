@@ -100,6 +100,7 @@ async def run_job(
             if on_request is not None:
                 on_request(outcome, seconds)
 
+        options = NormalizeOptions(job.prehashed, job.default_country_code)
         # One round, or more when a replace starts over (ReplaceRestart): the input is then
         # read again from its start and counted afresh.
         while True:
@@ -110,7 +111,6 @@ async def run_job(
             raw: asyncio.Queue[RawChunk | CsvBlock | None] = asyncio.Queue(QUEUE_CHUNKS)
             hashed: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
             batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
-            options = NormalizeOptions(job.prehashed, job.default_country_code)
             sending = None
             with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
                 stages = [

@@ -224,8 +224,7 @@ class SendStage:
         old = self._journal.current
         mode = "add" if old.mode == "replace" else old.mode
         new = self._journal.open_session(new_session_id(), mode)
-        self.notes.append(f"{why}; the rest goes in {mode} session {new.session_id}")
-        log.warning("%s; continuing in %s session %s", why, mode, new.session_id)
+        self._note(f"{why}; the rest goes in {mode} session {new.session_id}")
 
     async def _past_window(self) -> None:
         """The current session (of an earlier run) is past Meta's window: go on in a new one.
