@@ -19,7 +19,7 @@ from typing import Any
 from facebook_business.adobjects.customaudience import CustomAudience
 from facebook_business.api import FacebookAdsApi
 
-from engine.sample import EIGHT_KEYS
+from engine.testing import EIGHT_KEYS
 
 BATCH = 10_000
 API_VERSION = "v25.0"

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from engine.batcher import Batch, Batcher
-from engine.client import GraphClient, multipart_body
-from engine.hashing import hash_unit
-from engine.normalize import NormalizeOptions, Schema
-from engine.pipeline import CHUNK_ROWS
-from engine.readers import CsvBlock, InputFile, open_input
-from engine.rows import EncodedChunk, RawChunk
-from engine.sender import encode_payload
+from engine._graph.client import GraphClient, multipart_body
+from engine._hashing.normalize import NormalizeOptions, Schema
+from engine._hashing.pool import hash_unit
+from engine._input.files import CsvBlock, InputFile, open_input
+from engine._pipeline.batcher import Batch, Batcher
+from engine._pipeline.run import CHUNK_ROWS
+from engine._pipeline.sender import encode_payload
+from engine._rows import EncodedChunk, RawChunk
 
 STAGES = ("read", "normalize_hash", "encode", "send")
 

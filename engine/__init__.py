@@ -5,7 +5,7 @@
 
 `Uploader` runs many uploads over one connection pool with one rate limiter per ad account;
 `upload` and `upload_sync` are one-off shortcuts; `UploadOptions` types their keywords.
-Every call returns a `Report`. The offline fake of the Graph API lives in `engine.fakegraph`.
+Every call returns a `Report`. The offline fake of the Graph API lives in `engine.testing`.
 """
 
 from __future__ import annotations
@@ -13,24 +13,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .errors import ApiError, ConfigError, EngineError, ErrorInfo, InputError
-from .report import Progress, Report
-from .rows import Reject
+from ._errors import ApiError, ConfigError, EngineError, ErrorInfo, InputError
+from ._report import Progress, Report
+from ._rows import Reject
 
 if TYPE_CHECKING:
-    from .api import Uploader, UploadOptions, upload, upload_sync
-    from .limiter import LimiterConfig
-    from .sources import Rows
+    from ._api import Uploader, UploadOptions, upload, upload_sync
+    from ._input.memory import Rows
+    from ._quota.limiter import LimiterConfig
 
 # Loaded on first use: hashing worker processes import this package too, and aiohttp alone
 # would double their start-up time and memory.
 _LAZY = {
-    "Uploader": "api",
-    "UploadOptions": "api",
-    "upload": "api",
-    "upload_sync": "api",
-    "LimiterConfig": "limiter",
-    "Rows": "sources",
+    "Uploader": "_api",
+    "UploadOptions": "_api",
+    "upload": "_api",
+    "upload_sync": "_api",
+    "LimiterConfig": "_quota.limiter",
+    "Rows": "_input.memory",
 }
 
 __all__ = [

@@ -25,8 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import engine
-from engine.normalize import NormalizeOptions, Schema, normalize_chunk
-from engine.sources import Rows, open_source
+from engine._hashing.normalize import NormalizeOptions, Schema, normalize_chunk
+from engine._input.memory import Rows, open_source
 
 # Payload keys, in order; the CSV's columns (email, phone, first_name...) bind by alias.
 SCHEMA = "EMAIL,PHONE,FN,LN,ZIP,CT,ST,COUNTRY"

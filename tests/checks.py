@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.fakegraph import FakeGraph
-from engine.normalize import NormalizeOptions, Schema, normalize_chunk
-from engine.readers import open_input
+from engine._hashing.normalize import NormalizeOptions, Schema, normalize_chunk
+from engine._input.files import open_input
+from engine.testing.fakegraph import FakeGraph
 
 
 def expected_rows(path: Path, schema: str | None = None) -> set[tuple[Any, ...]]:

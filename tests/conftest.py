@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.fakegraph import FakeConfig, FakeGraph
+from engine.testing.fakegraph import FakeConfig, FakeGraph
 
 TOKEN = "EAAB-test-token-DO-NOT-LEAK-7f3a"
 APP_SECRET = "app-secret-DO-NOT-LEAK-91c2"

@@ -26,12 +26,12 @@ import pyarrow as pa
 import pytest
 
 import engine
-from engine.errors import InputError
-from engine.fakegraph import FakeGraph
-from engine.normalize import NormalizeOptions, Schema, normalize_chunk
-from engine.readers import open_input
-from engine.sample import EIGHT_KEYS, write_sample
-from engine.sources import Rows
+from engine._errors import InputError
+from engine._hashing.normalize import NormalizeOptions, Schema, normalize_chunk
+from engine._input.files import open_input
+from engine._input.memory import Rows
+from engine.testing.fakegraph import FakeGraph
+from engine.testing.sample import EIGHT_KEYS, write_sample
 
 from .checks import check_counts, check_session, expected_rows
 from .conftest import AD_ACCOUNT, APP_SECRET, AUDIENCE, TOKEN, run_python

@@ -5,8 +5,8 @@ from array import array
 import orjson
 import pytest
 
-from engine.batcher import Batcher
-from engine.rows import EncodedChunk
+from engine._pipeline.batcher import Batcher
+from engine._rows import EncodedChunk
 
 
 def chunk(first: int, n: int) -> EncodedChunk:

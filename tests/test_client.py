@@ -15,9 +15,9 @@ from aioresponses import aioresponses
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import client as transport
-from engine.client import GraphClient, appsecret_proof, multipart_body
-from engine.errors import ApiError, TransportError
+from engine._errors import ApiError, TransportError
+from engine._graph import client as transport
+from engine._graph.client import GraphClient, appsecret_proof, multipart_body
 
 
 @dataclass

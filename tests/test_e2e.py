@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.fakegraph import FakeGraph
-from engine.sample import write_sample
+from engine.testing.fakegraph import FakeGraph
+from engine.testing.sample import write_sample
 
 from .checks import check_counts, check_session, expected_rows
 from .conftest import AD_ACCOUNT, APP_SECRET, AUDIENCE, TOKEN, run_cli, upload_args

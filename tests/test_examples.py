@@ -13,10 +13,10 @@ import orjson
 import pytest
 
 import engine
-from engine.fakegraph import FakeGraph
-from engine.normalize import NormalizeOptions, Schema, normalize_chunk
-from engine.readers import open_input
-from engine.sample import write_sample
+from engine._hashing.normalize import NormalizeOptions, Schema, normalize_chunk
+from engine._input.files import open_input
+from engine.testing.fakegraph import FakeGraph
+from engine.testing.sample import write_sample
 
 from .checks import check_counts, check_session, expected_rows
 from .conftest import AD_ACCOUNT, AUDIENCE, run_python

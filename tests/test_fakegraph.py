@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from engine.fakegraph import MAX_ROWS, REPLACE_WINDOW_S, FakeConfig, FakeGraph
+from engine.testing.fakegraph import MAX_ROWS, REPLACE_WINDOW_S, FakeConfig, FakeGraph
 
 TOKEN = "fake-token-DO-NOT-LEAK"
 SECRET = "fake-app-secret"
@@ -660,7 +660,7 @@ async def test_admin_endpoints(env: Env) -> None:
 
 
 async def test_serve_runs_as_a_subprocess() -> None:
-    code = "from engine.fakegraph import serve; serve()"
+    code = "from engine.testing.fakegraph import serve; serve()"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",

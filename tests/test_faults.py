@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import Uploader
-from engine.errors import THROTTLE_CODES
-from engine.fakegraph import FakeGraph, LogEntry
-from engine.limiter import LimiterConfig
-from engine.sample import write_sample
+from engine._api import Uploader
+from engine._errors import THROTTLE_CODES
+from engine._quota.limiter import LimiterConfig
+from engine.testing.fakegraph import FakeGraph, LogEntry
+from engine.testing.sample import write_sample
 
 from .checks import check_counts, check_session, expected_rows
 from .conftest import AD_ACCOUNT, APP_SECRET, AUDIENCE, TOKEN, run_cli, upload_args

@@ -13,9 +13,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from engine.errors import ConfigError
-from engine.hashing import hash_unit
-from engine.normalize import (
+from engine._errors import ConfigError
+from engine._hashing.normalize import (
     KEYS,
     PLAIN_KEYS,
     NormalizeOptions,
@@ -26,9 +25,10 @@ from engine.normalize import (
     normalize_chunk,
     normalize_value,
 )
-from engine.readers import CsvBlock
-from engine.rows import EncodedChunk, RawChunk, Reject
-from engine.sender import encode_payload
+from engine._hashing.pool import hash_unit
+from engine._input.files import CsvBlock
+from engine._pipeline.sender import encode_payload
+from engine._rows import EncodedChunk, RawChunk, Reject
 
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 DIGEST = hashlib.sha256(b"mary@example.com").hexdigest()
@@ -661,7 +661,7 @@ def test_normalize_stage_keeps_order_and_holds_no_unit_back() -> None:
     # the next one); chunks still come out in input order.
     from concurrent.futures import ThreadPoolExecutor
 
-    from engine.pipeline import _normalize
+    from engine._pipeline.run import _normalize
 
     schema, options = Schema.parse("EMAIL"), NormalizeOptions()
     tasks: list[int] = []

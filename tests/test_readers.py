@@ -1,4 +1,4 @@
-"""engine.readers: every input row lands once, as a value row or a reject (SPEC section 4)."""
+"""engine._input.files: every input row lands once, as a value row or a reject (SPEC section 4)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine import readers
-from engine.errors import InputError
-from engine.readers import MAX_FIELD, CsvBlock, open_input
-from engine.rows import RawChunk
+from engine._errors import InputError
+from engine._input import files as readers
+from engine._input.files import MAX_FIELD, CsvBlock, open_input
+from engine._rows import RawChunk
 
 Rows = list[tuple[int, tuple[str, ...]]]
 Rejects = list[tuple[int, str]]

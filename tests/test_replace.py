@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.fakegraph import REPLACE_WINDOW_S, FakeGraph, LogEntry
-from engine.sample import write_sample
+from engine.testing.fakegraph import REPLACE_WINDOW_S, FakeGraph, LogEntry
+from engine.testing.sample import write_sample
 
 from .checks import check_counts, check_session, expected_rows
 from .conftest import AUDIENCE, run_cli, upload_args

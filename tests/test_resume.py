@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.checkpoint import Checkpoint, JobRecord
-from engine.fakegraph import REPLACE_WINDOW_S, FakeGraph, LogEntry
-from engine.sample import write_sample
+from engine._resume.checkpoint import Checkpoint, JobRecord
+from engine.testing.fakegraph import REPLACE_WINDOW_S, FakeGraph, LogEntry
+from engine.testing.sample import write_sample
 
 from .checks import check_counts, expected_rows
 from .conftest import APP_SECRET, AUDIENCE, TOKEN, Run, upload_args

@@ -7,15 +7,15 @@ import asyncio
 import aiohttp
 import pytest
 
-from engine.batcher import Batch
-from engine.client import GraphClient
-from engine.errors import Interrupted
-from engine.fakegraph import FakeGraph
-from engine.journal import Journal
-from engine.limiter import AccountLimiter
-from engine.normalize import Schema, hash_value
-from engine.report import Tally
-from engine.sender import RetryPolicy, Sender
+from engine._errors import Interrupted
+from engine._graph.client import GraphClient
+from engine._hashing.normalize import Schema, hash_value
+from engine._pipeline.batcher import Batch
+from engine._pipeline.sender import RetryPolicy, Sender
+from engine._quota.limiter import AccountLimiter
+from engine._report import Tally
+from engine._resume.journal import Journal
+from engine.testing.fakegraph import FakeGraph
 
 from .conftest import AD_ACCOUNT, APP_SECRET, AUDIENCE, TOKEN
 

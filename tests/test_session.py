@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from engine.batcher import Batch
-from engine.errors import Interrupted
-from engine.session import SessionCoordinator
+from engine._errors import Interrupted
+from engine._pipeline.batcher import Batch
+from engine._pipeline.coordinator import SessionCoordinator
 
 
 class Recorder:

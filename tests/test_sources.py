@@ -14,10 +14,10 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from engine.errors import InputError
-from engine.readers import MAX_FIELD, InputFile
-from engine.rows import RawChunk, Reject
-from engine.sources import Rows, aopen_source, open_source
+from engine._errors import InputError
+from engine._input.files import MAX_FIELD, InputFile
+from engine._input.memory import Rows, aopen_source, open_source
+from engine._rows import RawChunk, Reject
 
 PEOPLE = [
     {"email": "a@example.com", "phone": "+1 555 0100", "first_name": "Ann"},

@@ -23,9 +23,9 @@ import pytest
 import yarl
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.fakegraph import FakeGraph, LogEntry
-from engine.jobstore import JobStore
-from engine.sample import EIGHT_KEYS, sample_rows, write_sample
+from engine._worker.jobs import JobStore
+from engine.testing.fakegraph import FakeGraph, LogEntry
+from engine.testing.sample import EIGHT_KEYS, sample_rows, write_sample
 
 from .checks import check_counts, check_session, expected_rows
 from .conftest import APP_SECRET, TOKEN
@@ -360,7 +360,9 @@ async def test_metrics_and_logs_match_the_reports(
 
     logs = [orjson.loads(line) for line in worker.log_text().splitlines()]
     assert all({"ts", "level", "message", "job_id", "ad_account"} <= set(e) for e in logs)
-    retry = [e for e in logs if e["logger"] == "engine.sender" and "retrying" in e["message"]]
+    retry = [
+        e for e in logs if e["logger"] == "engine._pipeline.sender" and "retrying" in e["message"]
+    ]
     assert [(e["job_id"], e["ad_account"]) for e in retry] == [(jobs[0]["id"], ACT_1)]
     done = {(e["job_id"], e["ad_account"]) for e in logs if e["message"] == "job completed"}
     assert done == {(job["id"], job["ad_account"]) for job in jobs}

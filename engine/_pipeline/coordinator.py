@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .aio import first_done
+from .._aio import first_done
+from .._errors import Interrupted
 from .batcher import Batch
-from .errors import Interrupted
 
 SendFn = Callable[[Batch, bool], Awaitable[None]]
 """Sends one batch (the flag says whether it is the last) and returns once it is acknowledged."""

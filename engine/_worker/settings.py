@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION
-from .errors import ConfigError
+from .._errors import ConfigError
+from .._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
+from .._quota.limiter import LimiterConfig
 from .intake import Refusal, job_option
-from .limiter import LimiterConfig
 
-log = logging.getLogger("engine.worker")
+log = logging.getLogger("engine._worker.app")
 
 TOKEN_ENV = "META_ACCESS_TOKEN"  # default access token; META_ACCESS_TOKEN_<digits> per account
 APP_SECRET_ENV = "META_APP_SECRET"

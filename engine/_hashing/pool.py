@@ -6,9 +6,9 @@ Kept apart from the pipeline so worker processes import only what this needs.
 
 from __future__ import annotations
 
+from .._input.files import CsvBlock
+from .._rows import EncodedChunk, RawChunk
 from .normalize import NormalizeOptions, Schema, encode_chunk, encode_email_lines
-from .readers import CsvBlock
-from .rows import EncodedChunk, RawChunk
 
 
 def hash_unit(unit: RawChunk | CsvBlock, schema: Schema, options: NormalizeOptions) -> EncodedChunk:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal
 
-from .errors import ErrorInfo
-from .rows import Reject
+from ._errors import ErrorInfo
+from ._rows import Reject
 
 Status = Literal["completed", "failed", "interrupted", "dry_run"]
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import orjson
 from aiolimiter import AsyncLimiter
 
-from .aio import first_done
+from .._aio import first_done
 
 log = logging.getLogger(__name__)
 

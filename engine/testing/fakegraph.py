@@ -43,7 +43,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from .errors import (
+from .._errors import (
     REPLACE_ERROR_CODE,
     REPLACE_FINISHED,
     REPLACE_IN_PROGRESS,
@@ -54,7 +54,7 @@ from .errors import (
     THROTTLE_CODES,
     TRANSIENT_CODES,
 )
-from .normalize import KEYS
+from .._hashing.normalize import KEYS
 
 Mode = Literal["add", "remove", "replace"]
 

@@ -16,11 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from .batcher import Batch
-from .checkpoint import batch_digest
-from .client import GraphClient, Mode
-from .config import UploadJob, new_session_id
-from .errors import (
+from .._errors import (
     EMPTY_REPLACE,
     REPLACE_ERROR_CODE,
     REPLACE_NO_FIRST_BATCH,
@@ -31,12 +27,16 @@ from .errors import (
     TransportError,
     WindowClosed,
 )
-from .journal import Journal
-from .limiter import AccountLimiter
-from .normalize import Schema
-from .report import Tally
+from .._graph.client import GraphClient, Mode
+from .._hashing.normalize import Schema
+from .._options import UploadJob, new_session_id
+from .._quota.limiter import AccountLimiter
+from .._report import Tally
+from .._resume.checkpoint import batch_digest
+from .._resume.journal import Journal
+from .batcher import Batch
+from .coordinator import NextFn, SessionCoordinator
 from .sender import RetryPolicy, Sender, outcome_of, payload_parts
-from .session import NextFn, SessionCoordinator
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,8 @@ from typing import Any
 
 import orjson
 
-from .aio import first_done
-from .batcher import Batch
-from .client import GraphClient, Mode
-from .errors import (
+from .._aio import first_done
+from .._errors import (
     TRANSIENT_CODES,
     ApiError,
     Interrupted,
@@ -23,10 +21,12 @@ from .errors import (
     TransportError,
     WindowClosed,
 )
-from .journal import Journal
-from .limiter import AccountLimiter, Backoff, parse_usage
-from .normalize import Schema
-from .report import Tally
+from .._graph.client import GraphClient, Mode
+from .._hashing.normalize import Schema
+from .._quota.limiter import AccountLimiter, Backoff, parse_usage
+from .._report import Tally
+from .._resume.journal import Journal
+from .batcher import Batch
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 import orjson
 
-from .errors import InputError
-from .rows import RawChunk, Reject
+from .._errors import InputError
+from .._rows import RawChunk, Reject
 
 if TYPE_CHECKING:
     import _csv

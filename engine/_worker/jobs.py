@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .checkpoint import open_state_db
+from .._resume.checkpoint import open_state_db
 
 State = Literal["queued", "running", "interrupted", "completed", "failed", "cancelled"]
 STATES: tuple[State, ...] = ("queued", "running", "interrupted", "completed", "failed", "cancelled")

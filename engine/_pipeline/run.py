@@ -19,11 +19,7 @@ from typing import Any
 
 import orjson
 
-from .batcher import Batch, Batcher
-from .checkpoint import Checkpoint
-from .client import GraphClient
-from .config import UploadJob, new_session_id
-from .errors import (
+from .._errors import (
     EMPTY_REPLACE,
     ApiError,
     InputError,
@@ -31,15 +27,19 @@ from .errors import (
     ReplaceRestart,
     RetriesExhausted,
 )
-from .hashing import hash_units
-from .journal import Journal
-from .limiter import AccountLimiter
-from .normalize import NormalizeOptions, Schema
-from .readers import CsvBlock, InputFile, open_input
-from .report import ProgressFn, Report, Status, Tally
-from .rows import EncodedChunk, RawChunk, Reject
+from .._graph.client import GraphClient
+from .._hashing.normalize import NormalizeOptions, Schema
+from .._hashing.pool import hash_units
+from .._input.files import CsvBlock, InputFile, open_input
+from .._options import UploadJob, new_session_id
+from .._quota.limiter import AccountLimiter
+from .._report import ProgressFn, Report, Status, Tally
+from .._resume.checkpoint import Checkpoint
+from .._resume.journal import Journal
+from .._rows import EncodedChunk, RawChunk, Reject
+from .batcher import Batch, Batcher
+from .send_stage import SendContext, SendStage
 from .sender import RetryPolicy
-from .sending import SendContext, SendStage
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import aiohttp.abc
 import aiohttp.payload
 import orjson
 
-from .errors import ApiError, ErrorInfo, TransportError
+from .._errors import ApiError, ErrorInfo, TransportError
 
 Mode = Literal["add", "remove", "replace"]
 

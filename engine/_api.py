@@ -14,14 +14,14 @@ from typing import TypedDict, Unpack
 
 import aiohttp
 
-from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient, Mode
-from .config import DEFAULT_CONCURRENCY, UploadJob
-from .errors import InputError
-from .limiter import LimiterConfig, LimiterRegistry
-from .pipeline import RequestHook, run_job
-from .report import ProgressFn, Report
-from .sender import RetryPolicy
-from .sources import Source, aopen_source
+from ._errors import InputError
+from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient, Mode
+from ._input.memory import Source, aopen_source
+from ._options import DEFAULT_CONCURRENCY, UploadJob
+from ._pipeline.run import RequestHook, run_job
+from ._pipeline.sender import RetryPolicy
+from ._quota.limiter import LimiterConfig, LimiterRegistry
+from ._report import ProgressFn, Report
 
 __all__ = ["UploadOptions", "Uploader", "upload", "upload_sync"]
 

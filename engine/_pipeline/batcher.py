@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .rows import EncodedChunk
+from .._rows import EncodedChunk
 
 
 @dataclass(slots=True)

@@ -20,8 +20,8 @@ import prometheus_client
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .jobstore import Job, State
-from .report import Progress
+from .._report import Progress
+from .jobs import Job, State
 
 __all__ = ["JobGauges", "Metrics", "job_context", "setup_logging"]
 

@@ -24,8 +24,8 @@ from typing import Protocol, TypeVar, cast
 
 import orjson
 
-from .errors import ConfigError
-from .rows import EncodedChunk, HashedChunk, RawChunk, Reject
+from .._errors import ConfigError
+from .._rows import EncodedChunk, HashedChunk, RawChunk, Reject
 
 KEYS: tuple[str, ...] = (
     "EXTERN_ID",

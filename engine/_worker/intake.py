@@ -24,12 +24,12 @@ import orjson
 from aiohttp import web
 from multidict import MultiMapping
 
-from .config import UploadJob
-from .errors import ConfigError, InputError
-from .jobstore import Job
-from .normalize import NormalizeOptions, Schema, normalize_chunk
-from .readers import InputFile
-from .sources import Rows, open_source
+from .._errors import ConfigError, InputError
+from .._hashing.normalize import NormalizeOptions, Schema, normalize_chunk
+from .._input.files import InputFile
+from .._input.memory import Rows, open_source
+from .._options import UploadJob
+from .jobs import Job
 
 __all__ = ["Intake", "Refusal", "job_option", "with_intake"]
 

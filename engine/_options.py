@@ -7,8 +7,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION, Mode
-from .errors import ConfigError
+from ._errors import ConfigError
+from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION, Mode
 
 MODES: tuple[Mode, ...] = ("add", "remove", "replace")
 MAX_BATCH_SIZE = 10_000

@@ -41,13 +41,12 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from .api import Uploader
-from .errors import ConfigError, InputError
+from .._api import Uploader
+from .._errors import ConfigError, InputError
+from .._report import Progress, ProgressFn
 from .intake import Intake, Refusal, with_intake
-from .jobstore import STATES, Job, JobStore, State
-from .report import Progress, ProgressFn
-from .telemetry import JobGauges, Metrics, job_context, setup_logging
-from .workerconfig import (
+from .jobs import STATES, Job, JobStore, State
+from .settings import (
     Layout,
     Secrets,
     WorkerConfig,
@@ -55,10 +54,11 @@ from .workerconfig import (
     load_config,
     load_secrets,
 )
+from .telemetry import JobGauges, Metrics, job_context, setup_logging
 
 __all__ = ["main"]
 
-log = logging.getLogger("engine.worker")
+log = logging.getLogger("engine._worker.app")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _TERMINAL: frozenset[State] = frozenset({"completed", "failed", "cancelled"})

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .batcher import Batch
+from .._pipeline.batcher import Batch
 from .checkpoint import BatchRecord, Checkpoint, JobRecord, SessionRecord, batch_digest
 
 # Meta discards batches that arrive 90 minutes after a session's first batch.

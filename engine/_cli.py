@@ -21,13 +21,13 @@ from typing import Any
 
 import orjson
 
-from .api import Uploader
-from .checkpoint import Checkpoint, default_path
-from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION
-from .config import DEFAULT_CONCURRENCY, MODES
-from .errors import InputError
-from .limiter import LimiterConfig
-from .report import Progress, ProgressFn, Report
+from ._api import Uploader
+from ._errors import InputError
+from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
+from ._options import DEFAULT_CONCURRENCY, MODES
+from ._quota.limiter import LimiterConfig
+from ._report import Progress, ProgressFn, Report
+from ._resume.checkpoint import Checkpoint, default_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 DEFAULT_GRACE_S = 30.0
@@ -346,19 +346,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["fake-graph"]:
         # The fake has its own options; hand them over untouched.
-        from .fakegraph import serve
+        from .testing.fakegraph import serve
 
         serve(argv[1:])
         return EXIT_OK
     if argv[:1] == ["worker"]:
-        from .worker import main as worker_main
+        from ._worker.app import main as worker_main
 
         return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return _status(args.checkpoint)
     if args.command == "demo":
-        from .demo import demo
+        from .testing.demo import demo
 
         return demo(args.rows)
     logging.basicConfig(

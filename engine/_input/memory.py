@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeGuard
 
-from .errors import InputError
-from .readers import MAX_FIELD, InputFile, open_input
-from .rows import RawChunk, Reject
+from .._errors import InputError
+from .._rows import RawChunk, Reject
+from .files import MAX_FIELD, InputFile, open_input
 
 __all__ = ["Rows", "Source", "aopen_source", "open_source"]
 
