@@ -20,8 +20,8 @@ import aiohttp
 import orjson
 
 from engine._graph.client import GraphClient, multipart_body
-from engine._hashing.normalize import NormalizeOptions, Schema
 from engine._hashing.pool import hash_unit
+from engine._hashing.schema import NormalizeOptions, Schema
 from engine._input.files import CsvBlock, InputFile, open_input
 from engine._pipeline.batcher import Batch, Batcher
 from engine._pipeline.run import CHUNK_ROWS

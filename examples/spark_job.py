@@ -25,7 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import engine
-from engine._hashing.normalize import NormalizeOptions, Schema, normalize_chunk
+from engine._hashing.encode import normalize_chunk
+from engine._hashing.schema import NormalizeOptions, Schema
 from engine._input.memory import Rows, open_source
 
 # Payload keys, in order; the CSV's columns (email, phone, first_name...) bind by alias.

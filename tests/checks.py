@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine._hashing.normalize import NormalizeOptions, Schema, normalize_chunk
+from engine._hashing.encode import normalize_chunk
+from engine._hashing.schema import NormalizeOptions, Schema
 from engine._input.files import open_input
 from engine.testing.fakegraph import FakeGraph
 

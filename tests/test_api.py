@@ -27,7 +27,8 @@ import pytest
 
 import engine
 from engine._errors import InputError
-from engine._hashing.normalize import NormalizeOptions, Schema, normalize_chunk
+from engine._hashing.encode import normalize_chunk
+from engine._hashing.schema import NormalizeOptions, Schema
 from engine._input.files import open_input
 from engine._input.memory import Rows
 from engine.testing.fakegraph import FakeGraph

@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 import engine
-from engine._hashing.normalize import NormalizeOptions, Schema, normalize_chunk
+from engine._hashing.encode import normalize_chunk
+from engine._hashing.schema import NormalizeOptions, Schema
 from engine._input.files import open_input
 from engine.testing.fakegraph import FakeGraph
 from engine.testing.sample import write_sample

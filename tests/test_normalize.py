@@ -14,18 +14,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine._errors import ConfigError
-from engine._hashing.normalize import (
-    KEYS,
-    PLAIN_KEYS,
-    NormalizeOptions,
-    Schema,
-    encode_chunk,
-    encode_email_lines,
-    hash_value,
-    normalize_chunk,
-    normalize_value,
-)
+from engine._hashing.digest import hash_value
+from engine._hashing.encode import encode_chunk, normalize_chunk
+from engine._hashing.fast_email import encode_email_lines
 from engine._hashing.pool import hash_unit
+from engine._hashing.rules import normalize_value
+from engine._hashing.schema import KEYS, PLAIN_KEYS, NormalizeOptions, Schema
 from engine._input.files import CsvBlock
 from engine._pipeline.sender import encode_payload
 from engine._rows import EncodedChunk, RawChunk, Reject

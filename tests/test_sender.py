@@ -9,7 +9,8 @@ import pytest
 
 from engine._errors import Interrupted
 from engine._graph.client import GraphClient
-from engine._hashing.normalize import Schema, hash_value
+from engine._hashing.digest import hash_value
+from engine._hashing.schema import Schema
 from engine._pipeline.batcher import Batch
 from engine._pipeline.sender import RetryPolicy, Sender
 from engine._quota.limiter import AccountLimiter

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from .._input.files import CsvBlock
 from .._rows import EncodedChunk, RawChunk
-from .normalize import NormalizeOptions, Schema, encode_chunk, encode_email_lines
+from .encode import encode_chunk
+from .fast_email import encode_email_lines
+from .schema import NormalizeOptions, Schema
 
 
 def hash_unit(unit: RawChunk | CsvBlock, schema: Schema, options: NormalizeOptions) -> EncodedChunk:

@@ -28,8 +28,8 @@ from .._errors import (
     RetriesExhausted,
 )
 from .._graph.client import GraphClient
-from .._hashing.normalize import NormalizeOptions, Schema
 from .._hashing.pool import hash_units
+from .._hashing.schema import NormalizeOptions, Schema
 from .._input.files import CsvBlock, InputFile, open_input
 from .._options import UploadJob, new_session_id
 from .._quota.limiter import AccountLimiter

@@ -28,7 +28,7 @@ from .._errors import (
     WindowClosed,
 )
 from .._graph.client import GraphClient, Mode
-from .._hashing.normalize import Schema
+from .._hashing.schema import Schema
 from .._options import UploadJob, new_session_id
 from .._quota.limiter import AccountLimiter
 from .._report import Tally

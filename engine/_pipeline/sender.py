@@ -22,7 +22,7 @@ from .._errors import (
     WindowClosed,
 )
 from .._graph.client import GraphClient, Mode
-from .._hashing.normalize import Schema
+from .._hashing.schema import Schema
 from .._quota.limiter import AccountLimiter, Backoff, parse_usage
 from .._report import Tally
 from .._resume.journal import Journal

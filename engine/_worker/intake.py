@@ -25,7 +25,8 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from .._errors import ConfigError, InputError
-from .._hashing.normalize import NormalizeOptions, Schema, normalize_chunk
+from .._hashing.encode import normalize_chunk
+from .._hashing.schema import NormalizeOptions, Schema
 from .._input.files import InputFile
 from .._input.memory import Rows, open_source
 from .._options import UploadJob

@@ -54,7 +54,7 @@ from .._errors import (
     THROTTLE_CODES,
     TRANSIENT_CODES,
 )
-from .._hashing.normalize import KEYS
+from .._hashing.schema import KEYS
 
 Mode = Literal["add", "remove", "replace"]
 

@@ -1,0 +1,247 @@
+"""Meta's customer-file rules, one normalizer per key: a raw cell becomes the text to hash, "" when
+it is empty, or None when it is invalid. The table they implement is docs/normalization.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import unicodedata
+from collections.abc import Callable
+
+from .places import COUNTRIES, US_STATES
+from .schema import PLAIN_KEYS, VALUE_KEY, NormalizeOptions, Normalizer
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+_HEX_HYPHEN = frozenset("0123456789abcdef-")
+
+
+_GENDERS = {"m": "m", "male": "m", "man": "m", "f": "f", "female": "f", "woman": "f"}
+
+
+# bytes.translate deletes these in C: everything but ASCII digits.
+NON_DIGIT_BYTES = bytes(b for b in range(256) if not 0x30 <= b <= 0x39)
+
+
+# ASCII fast paths: str.translate with these deletes every non-letter / non-alnum ASCII char.
+_DROP_NON_ALPHA = {c: None for c in range(128) if not chr(c).isalpha()}
+
+
+_DROP_NON_ALNUM = {c: None for c in range(128) if not chr(c).isalnum()}
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _letters(raw: str) -> str:
+    """Lowercase letters of any script; punctuation, digits and spaces dropped."""
+    s = raw.lower()
+    if s.isascii():
+        return s if s.isalpha() else s.translate(_DROP_NON_ALPHA)
+    # NFC so composed and decomposed "é" hash the same. Combining marks are kept because
+    # scripts like Devanagari write vowels with them (isalpha() is False for those).
+    s = unicodedata.normalize("NFC", s)
+    return "".join(c for c in s if c.isalpha() or unicodedata.category(c)[0] == "M")
+
+
+def _name(raw: str) -> str | None:
+    s = _letters(raw)
+    if s:
+        return s
+    return None if raw.strip() else ""
+
+
+def _first_initial(raw: str) -> str | None:
+    s = _name(raw)
+    return s[0] if s else s
+
+
+def _email(raw: str) -> str | None:
+    s = raw.strip().lower()
+    return s if not s or is_email(s) else None
+
+
+def is_email(s: str) -> bool:
+    """Whether a trimmed, lowercased value looks like an address (the exact per-cell rule)."""
+    local, _, domain = s.partition("@")
+    return bool(
+        local
+        and "." in domain
+        and "@" not in domain
+        and " " not in s
+        and domain[0] != "."
+        and s[-1] != "."
+        and s.isprintable()  # tabs, newlines, no-break spaces
+    )
+
+
+def phone_digits(default_cc: str | None) -> Callable[[str], bytes | None]:
+    """PHONE as the ASCII digits to hash, b"" for an empty cell, None for an invalid one."""
+    cc = (default_cc or "").encode()
+
+    def phone(raw: str) -> bytes | None:
+        s = raw.strip()
+        if not s:
+            return b""
+        # Non-ASCII characters (even other scripts' digits) are dropped, as [^0-9] would.
+        digits = s.encode("ascii", "ignore").translate(None, NON_DIGIT_BYTES)
+        # "+44..." and "0044..." carry their country code; other leading zeros are a trunk prefix.
+        international = s[0] == "+" or digits.startswith(b"00")
+        digits = digits.lstrip(b"0")
+        if cc and not (international or (len(digits) > 10 and digits.startswith(cc))):
+            digits = cc + digits
+        return digits if 7 <= len(digits) <= 15 else None
+
+    return phone
+
+
+def _phone(default_cc: str | None) -> Normalizer:
+    digits_of = phone_digits(default_cc)
+
+    def phone(raw: str) -> str | None:
+        digits = digits_of(raw)
+        return digits if digits is None else digits.decode()
+
+    return phone
+
+
+def _gender(raw: str) -> str | None:
+    s = raw.strip().lower()
+    return _GENDERS.get(s) if s else ""
+
+
+def _number_part(lo: int, hi: int, width: int) -> Normalizer:
+    def part(raw: str) -> str | None:
+        s = raw.strip()
+        if not s:
+            return ""
+        if not (s.isascii() and s.isdigit() and len(s) <= width):
+            return None
+        n = int(s)
+        return f"{n:0{width}d}" if lo <= n <= hi else None
+
+    return part
+
+
+def _year(this_year: int) -> Normalizer:
+    def year(raw: str) -> str | None:
+        s = raw.strip()
+        if not s:
+            return ""
+        ok = len(s) == 4 and s.isascii() and s.isdigit() and 1900 <= int(s) <= this_year
+        return s if ok else None
+
+    return year
+
+
+def _state(raw: str) -> str | None:
+    s = _name(raw)
+    return US_STATES.get(s, s) if s else s
+
+
+def _zip(raw: str) -> str | None:
+    s = raw.strip().lower()
+    if not s:
+        return ""
+    if s.isascii():
+        n = len(s)
+        # US: 5 digits, 9 digits, or ZIP+4 "12345-6789" -> the first five digits.
+        if (n == 5 or n == 9) and s.isdigit():
+            return s[:5]
+        if n == 10 and s[5] in "- " and s[:5].isdigit() and s[6:].isdigit():
+            return s[:5]
+        out = s.translate(_DROP_NON_ALNUM)
+    else:
+        out = "".join(c for c in unicodedata.normalize("NFC", s) if c.isalnum())
+    return out or None
+
+
+def _country(raw: str) -> str | None:
+    s = _name(raw)
+    return COUNTRIES.get(s) if s else s
+
+
+def _madid(raw: str) -> str | None:
+    s = raw.strip().lower()
+    if not s:
+        return ""
+    # 64 hex digits with no hyphen is a SHA-256 digest: MADID must go unhashed, and Meta
+    # would never match a hashed one, so it is a reject rather than a silent miss.
+    if len(s) == 64 and "-" not in s:
+        return None
+    if _HEX_HYPHEN.issuperset(s) and 16 <= len(s) - s.count("-") <= 64:
+        return s
+    return None
+
+
+def _extern_id(raw: str) -> str | None:
+    s = raw.strip()
+    if not s.isascii():
+        s.encode()  # raises on lone surrogates, which would break the JSON payload later
+    return s
+
+
+def lookalike(raw: str) -> int | float | None:
+    """A non-negative finite number, int when the text is integral; None when it is not one."""
+    s = raw.strip()
+    if not s or "_" in s:  # int()/float() accept "1_000"; a spreadsheet value would not
+        return None
+    try:
+        if s.isascii() and s.isdigit():
+            n = int(s)
+            if n <= _INT64_MAX:  # orjson cannot encode bigger ints
+                return n
+        f = float(s)
+    except ValueError:
+        return None
+    if math.isnan(f) or math.isinf(f) or f < 0:
+        return None
+    return f + 0.0  # turns -0.0 into 0.0
+
+
+def is_digest(s: str) -> bool:
+    return len(s) == 64 and _HEX.issuperset(s)
+
+
+def normalizers(default_cc: str | None, this_year: int) -> dict[str, Normalizer]:
+    return {
+        "EXTERN_ID": _extern_id,
+        "EMAIL": _email,
+        "PHONE": _phone(default_cc),
+        "GEN": _gender,
+        "DOBY": _year(this_year),
+        "DOBM": _number_part(1, 12, 2),
+        "DOBD": _number_part(1, 31, 2),
+        "LN": _name,
+        "FN": _name,
+        "FI": _first_initial,
+        "CT": _name,
+        "ST": _state,
+        "ZIP": _zip,
+        "MADID": _madid,
+        "COUNTRY": _country,
+    }
+
+
+def normalize_value(key: str, raw: str, *, default_country_code: str | None = None) -> str | None:
+    """The normalized, not hashed, value: "" for an empty cell, None for an invalid one.
+
+    A hashed key whose value is already a SHA-256 hex digest comes back lowercased.
+    LOOKALIKE_VALUE comes back as the number's text ("44.5", "140").
+    """
+    if key == VALUE_KEY:
+        if not raw.strip():
+            return ""
+        n = lookalike(raw)
+        return None if n is None else str(n)
+    if key not in PLAIN_KEYS:
+        s = raw.strip()
+        if is_digest(s):
+            return s.lower()
+    cc = NormalizeOptions(default_country_code=default_country_code).default_country_code
+    try:
+        return normalizers(cc, datetime.date.today().year)[key](raw)
+    except ValueError:  # text that cannot be encoded (lone surrogates) is invalid, as in chunks
+        return None
