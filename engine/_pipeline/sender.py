@@ -22,8 +22,10 @@ from .._errors import (
     WindowClosed,
 )
 from .._graph.client import GraphClient, Mode
+from .._graph.usage import parse_usage
 from .._hashing.schema import Schema
-from .._quota.limiter import AccountLimiter, Backoff, parse_usage
+from .._quota.backoff import Backoff
+from .._quota.limiter import AccountLimiter
 from .._report import Tally
 from .._resume.journal import Journal
 from .batcher import Batch

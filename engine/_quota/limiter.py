@@ -1,9 +1,9 @@
 """Per ad account rate limiting: an aiolimiter token bucket with AIMD, usage feedback and pauses.
 
-Meta counts Custom Audience calls per ad account (SPEC section 3, meta-api-facts section 3), so
-every job and audience of one account shares one `AccountLimiter`, handed out by
-`LimiterRegistry`. Senders call `acquire()` before every attempt and report each outcome with
-`on_success()` or `on_throttle()`, passing the usage figures `parse_usage()` read from the reply.
+Meta counts Custom Audience calls per ad account, so every job and audience of one account
+shares one `AccountLimiter`, handed out by `LimiterRegistry`. Senders call `acquire()` before
+every attempt and report each outcome with `on_success()` or `on_throttle()`, passing the
+usage figures `parse_usage()` read from the reply.
 """
 
 from __future__ import annotations
@@ -13,186 +13,17 @@ import bisect
 import logging
 import math
 import random
-import time
-from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-import orjson
 from aiolimiter import AsyncLimiter
 
 from .._aio import first_done
+from .._graph.usage import Usage
+from .backoff import Backoff
+from .clock import Clock, LoopClock
 
 log = logging.getLogger(__name__)
-
-BUC_HEADER = "x-business-use-case-usage"
-AD_ACCOUNT_HEADER = "x-ad-account-usage"
-APP_HEADER = "x-app-usage"
-_PCT_FIELDS = ("call_count", "total_cputime", "total_time")
-
-
-class Clock(Protocol):
-    """Where the limiter reads the time and how it waits out pauses.
-
-    Pauses, backoff and throttle episodes run on it. The token bucket does not: aiolimiter
-    always reads the event loop's clock.
-    """
-
-    def monotonic(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class LoopClock:
-    """The running event loop's clock: `loop.time()` and `asyncio.sleep`.
-
-    The default, and the clock aiolimiter reads, so pauses and pacing agree. Under `looptime`
-    both run on virtual time, which is how the tests check pacing exactly. Outside a running
-    loop it falls back to `time.monotonic()`, which is what the default loops use.
-    """
-
-    def monotonic(self) -> float:
-        try:
-            return asyncio.get_running_loop().time()
-        except RuntimeError:
-            return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class FakeClock:
-    """A virtual clock for tests: `sleep(s)` moves `monotonic()` forward by `s` at once.
-
-    It still yields to the event loop (`asyncio.sleep(0)`) so other tasks run. An
-    `AccountLimiter` on it pauses, backs off and tells throttle episodes apart on virtual time,
-    but its bucket still paces on the loop's real clock: use it for tests that stay within the
-    burst, and `LoopClock` under `looptime` for tests of pacing.
-    """
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.now = start
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """The highest usage figures a reply reported.
-
-    `pct` is the highest percentage of any quota (0-100, may exceed 100); `regain_s` is
-    Meta's estimated time until access comes back, in seconds, or None when not given or 0.
-    """
-
-    pct: float
-    regain_s: float | None = None
-
-
-def _number(value: Any) -> float | None:
-    """A finite JSON number (bools are not numbers here), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    f = float(value)
-    return f if math.isfinite(f) else None
-
-
-def _numbers(obj: Mapping[str, Any], names: Iterable[str]) -> list[float]:
-    return [n for name in names if (n := _number(obj.get(name))) is not None]
-
-
-def _buc(value: Any, pcts: list[float], regains: list[float]) -> bool:
-    """X-Business-Use-Case-Usage: {"<business id>": [{"type", "call_count", ...}]}."""
-    if not isinstance(value, dict):
-        return False
-    entries = [
-        e
-        for group in value.values()
-        if isinstance(group, list)
-        for e in group
-        if isinstance(e, dict)
-    ]
-    # The custom_audience bucket is the one this engine spends; others only if it is absent.
-    ours = [e for e in entries if e.get("type") == "custom_audience"] or entries
-    for entry in ours:
-        pcts.extend(_numbers(entry, _PCT_FIELDS))
-    waits = _regains(ours)
-    # No wait named for our bucket: the throttle may be another bucket's (80004 is
-    # ads_management's), and its wait is the one to honour.
-    regains.extend(waits or _regains(entries))
-    return bool(entries)
-
-
-def _regains(entries: list[dict[str, Any]]) -> list[float]:
-    """The entries' `estimated_time_to_regain_access` (minutes) in seconds, where above 0."""
-    minutes = (_number(e.get("estimated_time_to_regain_access")) for e in entries)
-    return [m * 60.0 for m in minutes if m is not None and m > 0]
-
-
-def _ad_account(value: Any, pcts: list[float], regains: list[float]) -> bool:
-    """X-Ad-Account-Usage: {"acc_id_util_pct": 9.67, "reset_time_duration": 100, ...}."""
-    if not isinstance(value, dict):
-        return False
-    pcts.extend(_numbers(value, ("acc_id_util_pct",)))
-    return True
-
-
-def _app(value: Any, pcts: list[float], regains: list[float]) -> bool:
-    """X-App-Usage: {"call_count": 28, "total_time": 25, "total_cputime": 25}."""
-    if not isinstance(value, dict):
-        return False
-    pcts.extend(_numbers(value, _PCT_FIELDS))
-    return True
-
-
-_PARSERS = {BUC_HEADER: _buc, AD_ACCOUNT_HEADER: _ad_account, APP_HEADER: _app}
-
-
-def parse_usage(headers: Mapping[str, str]) -> Usage | None:
-    """The usage figures of a reply's headers; None when it carries none.
-
-    Header names match case-insensitively. A malformed header or field is skipped with a
-    debug message naming the header (never its value); this function never raises.
-    """
-    pcts: list[float] = []
-    regains: list[float] = []
-    try:
-        items = list(headers.items())
-    except Exception:  # an odd mapping must not break a send
-        log.debug("usage headers unreadable", exc_info=True)
-        return None
-    for name, raw in items:
-        parser = _PARSERS.get(name.lower()) if isinstance(name, str) else None
-        if parser is None:
-            continue
-        try:
-            value = orjson.loads(raw)
-        except (orjson.JSONDecodeError, TypeError):
-            log.debug("ignoring %s header: not JSON", name)
-            continue
-        if not parser(value, pcts, regains):
-            log.debug("ignoring %s header: unexpected shape", name)
-    if not pcts and not regains:
-        return None
-    return Usage(pct=max(pcts, default=0.0), regain_s=max(regains, default=None))
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with full jitter: `delay(n)` is uniform in [0, min(cap, base * 2**n)]."""
-
-    base_s: float = 0.5
-    cap_s: float = 60.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        # min() first: 2**attempt may be huge, but a float overflow needs attempt > 1000.
-        bound = min(self.cap_s, self.base_s * 2.0 ** min(max(attempt, 0), 1000))
-        return rng.uniform(0.0, bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +80,7 @@ class LimiterConfig:
 # the outcome in one task, so a reply to a request sent before the current slow-down episode
 # began (which must not count as a new one) can be told from a fresh one.
 _GRANT: ContextVar[tuple[AccountLimiter, float] | None] = ContextVar("limiter_grant", default=None)
+
 
 # Grant times a _Window keeps at most; beyond them it times calls to a later leaving, still
 # no later than the blind interval.
