@@ -181,8 +181,8 @@ class SendStage:
         if not tally.batches_sent:
             return Interrupted("cancelled before any batch was sent; the audience is unchanged")
         return Interrupted(
-            f"cancelled: {f'{closed}; ' if closed else ''}{tally.batches_sent} of the "
-            f"{tally.batches_total} batches cut so far were sent, the rest of the input was not"
+            f"cancelled after {f'{closed}: ' if closed else ''}{tally.batches_sent} of the "
+            f"{tally.batches_total} batches cut so far were sent; the rest of the input was not"
         )
 
     def _sender(self, mode: Mode) -> Sender:

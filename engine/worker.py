@@ -297,7 +297,11 @@ class Worker:
     ) -> None:
         self._store.update(job.id, state, report=report, error=error)
         level = logging.INFO if state in ("completed", "interrupted") else logging.WARNING
-        log.log(level, "job %s%s", state, f": {error}" if error else "")
+        # A cancel's message says "cancelled" itself.
+        said = (
+            error if error and error.startswith(state) else state + (f": {error}" if error else "")
+        )
+        log.log(level, "job %s", said)
         if state in _TERMINAL:
             # Its hashed rows and checkpoint are only good for resuming it.
             for path in self._layout.files_of(job.id):
