@@ -552,7 +552,7 @@ async def test_bearer_token_bad_requests_and_one_worker_per_state_dir(
     # Bytes that are not UTF-8 in the header are a wrong token too, not a crash.
     where = yarl.URL(url)
     reader, writer = await asyncio.open_connection(where.host, where.port)
-    writer.write(b"GET /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xe9\xff\r\n\r\n")
+    writer.write(b"GET /jobs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer \xe9\xff\r\n\r\n")
     await writer.drain()
     assert (await reader.readline()).startswith(b"HTTP/1.1 401")
     writer.close()
