@@ -63,6 +63,7 @@ class UploadOptions(_Target, total=False):
     app_secret: str | None
     progress: ProgressFn | None
     stop: asyncio.Event | None
+    cancel: asyncio.Event | None
 
 
 class Uploader:
@@ -160,6 +161,7 @@ class Uploader:
         app_secret: str | None = None,
         progress: ProgressFn | None = None,
         stop: asyncio.Event | None = None,
+        cancel: asyncio.Event | None = None,
     ) -> Report:
         """Upload one people list to one Custom Audience and return its report.
 
@@ -173,7 +175,10 @@ class Uploader:
         Raises InputError (or its subclass ConfigError) for bad usage or input, before
         anything is sent. API refusals and exhausted retries come back as a report with
         status "failed" and the API's error. Setting `stop` ends the job early: requests in
-        flight finish and the report says "interrupted". `progress` receives running counts.
+        flight finish and the report says "interrupted". Setting `cancel` ends it for good:
+        the same, but a replace under way is closed first (the batch due next goes as its
+        last, and the call returns once Meta has finished the replace), and the report's
+        message says what was sent. `progress` receives running counts.
 
         With `checkpoint` (a SQLite file path), every acknowledged batch is recorded there,
         and calling `upload` again with the same checkpoint and input resumes the job in the
@@ -235,6 +240,7 @@ class Uploader:
                 progress=progress,
                 stop=stop,
                 on_request=self._on_request,
+                cancel=cancel,
             )
 
 

@@ -64,8 +64,9 @@ class UploadJob:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"\d+", self.audience_id):
             raise ConfigError(f"audience id must be numeric, got {self.audience_id!r}")
-        if not re.fullmatch(r"act_\d+", self.ad_account):
-            raise ConfigError(f"ad account must look like act_123, got {self.ad_account!r}")
+        # Bounded: the id becomes a metric label and a log field.
+        if not re.fullmatch(r"act_[0-9]{1,20}", self.ad_account):
+            raise ConfigError("ad account must look like act_123: act_ and 1 to 20 digits")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:

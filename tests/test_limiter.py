@@ -495,7 +495,7 @@ def test_parse_usage_none_without_usage_headers() -> None:
     ],
 )
 def test_parse_usage_malformed_buc_is_ignored(value: str, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="engine._graph.usage")
+    caplog.set_level(logging.DEBUG, logger="engine.limiter")
     assert parse_usage({"X-Business-Use-Case-Usage": value}) is None
     # Partial: a good header next to the bad one still counts.
     assert parse_usage({"X-Business-Use-Case-Usage": value, "X-App-Usage": APP}) == Usage(28.0)
@@ -517,7 +517,7 @@ def test_parse_usage_keeps_good_fields_of_a_partly_bad_entry() -> None:
 def test_parse_usage_ignores_any_malformed_header_with_a_debug_log(
     header: str, value: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="engine._graph.usage")
+    caplog.set_level(logging.DEBUG, logger="engine.limiter")
     assert parse_usage({header: value}) is None
     (record,) = caplog.records
     assert record.levelno == logging.DEBUG and header in record.getMessage()

@@ -360,9 +360,7 @@ async def test_metrics_and_logs_match_the_reports(
 
     logs = [orjson.loads(line) for line in worker.log_text().splitlines()]
     assert all({"ts", "level", "message", "job_id", "ad_account"} <= set(e) for e in logs)
-    retry = [
-        e for e in logs if e["logger"] == "engine._pipeline.sender" and "retrying" in e["message"]
-    ]
+    retry = [e for e in logs if e["logger"] == "engine.upload" and "retrying" in e["message"]]
     assert [(e["job_id"], e["ad_account"]) for e in retry] == [(jobs[0]["id"], ACT_1)]
     done = {(e["job_id"], e["ad_account"]) for e in logs if e["message"] == "job completed"}
     assert done == {(job["id"], job["ad_account"]) for job in jobs}
@@ -554,7 +552,7 @@ async def test_bearer_token_bad_requests_and_one_worker_per_state_dir(
     # Bytes that are not UTF-8 in the header are a wrong token too, not a crash.
     where = yarl.URL(url)
     reader, writer = await asyncio.open_connection(where.host, where.port)
-    writer.write(b"GET /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xe9\xff\r\n\r\n")
+    writer.write(b"GET /jobs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer \xe9\xff\r\n\r\n")
     await writer.drain()
     assert (await reader.readline()).startswith(b"HTTP/1.1 401")
     writer.close()

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("engine.limiter")
 
 BUC_HEADER = "x-business-use-case-usage"
 

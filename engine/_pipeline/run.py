@@ -41,7 +41,7 @@ from .batcher import Batch, Batcher
 from .send_stage import SendContext, SendStage
 from .sender import RetryPolicy
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("engine.upload")
 
 CHUNK_ROWS = 5_000
 QUEUE_CHUNKS = 4
@@ -65,6 +65,7 @@ async def run_job(
     progress: ProgressFn | None = None,
     stop: asyncio.Event | None = None,
     on_request: RequestHook | None = None,
+    cancel: asyncio.Event | None = None,
 ) -> Report:
     """Run one upload to the end and report it (`client` is None for a dry run).
 
@@ -72,7 +73,10 @@ async def run_job(
     exhausted retries, and input that breaks after requests went out come back as a report
     with status "failed" and the reason (the API's error, or the input's). Setting
     `stop` ends the job early: sends in flight finish, the session is left open, and
-    the report says "interrupted". `progress` receives the running counts. With
+    the report says "interrupted". Setting `cancel` ends it for good: the same, except that
+    a replace whose batch 1 went out is first closed (the batch due next goes as its last)
+    and the audience let out of replace_in_progress; the report says what was sent.
+    `progress` receives the running counts. With
     `job.checkpoint`, acknowledged batches are recorded there and the same job run
     again resumes where it stopped.
     """
@@ -107,7 +111,7 @@ async def run_job(
             # The send stage stops taking batches once `halt` is set: on `stop`, or when the
             # input turns out bad after requests went out (those in flight then finish).
             halt = asyncio.Event()
-            relay = asyncio.ensure_future(_relay(stop, halt)) if stop is not None else None
+            relays: list[asyncio.Future[None]] = []
             raw: asyncio.Queue[RawChunk | CsvBlock | None] = asyncio.Queue(QUEUE_CHUNKS)
             hashed: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
             batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
@@ -133,12 +137,19 @@ async def run_job(
                             halt,
                             observe,
                             estimated_rows=source.estimated_rows(),
+                            cancel=cancel,
                         )
                     )
                     stages.append(
                         _batch(hashed, batches, job, tally, write_rejects, sending.already_sent)
                     )
                     stages.append(sending.run(batches))
+                if stop is not None:
+                    relays.append(asyncio.ensure_future(_relay(stop, halt)))
+                if cancel is not None:
+                    # A replace under way is closed by the send stage, not halted.
+                    closes = sending.closes_on_cancel if sending else None
+                    relays.append(asyncio.ensure_future(_relay(cancel, halt, closes)))
                 status: Status = "dry_run" if client is None else "completed"
                 error = message = None
                 try:
@@ -166,7 +177,7 @@ async def run_job(
                     journal.finish("running", tally.retries, tally.throttled)
                     raise
                 finally:
-                    if relay is not None:
+                    for relay in relays:
                         relay.cancel()
             break
         notes = [*(sending.notes if sending else []), *([message] if message else [])]
@@ -274,9 +285,12 @@ async def _gather_or_cancel(coros: list[Coroutine[Any, Any, None]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _relay(stop: asyncio.Event, halt: asyncio.Event) -> None:
+async def _relay(
+    stop: asyncio.Event, halt: asyncio.Event, unless: Callable[[], bool] | None = None
+) -> None:
     await stop.wait()
-    halt.set()
+    if unless is None or not unless():
+        halt.set()
 
 
 async def _read(

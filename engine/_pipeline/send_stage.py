@@ -23,6 +23,7 @@ from .._errors import (
     REPLACE_TOO_LARGE,
     ApiError,
     InputError,
+    Interrupted,
     ReplaceRestart,
     TransportError,
     WindowClosed,
@@ -38,7 +39,7 @@ from .batcher import Batch
 from .coordinator import NextFn, SessionCoordinator
 from .sender import RetryPolicy, Sender, outcome_of, payload_parts
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("engine.upload")
 
 # A replace closes once this share of its window has passed: the margin lets the sends in
 # flight and the closing batch land in time, even through a throttle pause.
@@ -72,6 +73,7 @@ class SendContext:
     on_request: Callable[[str, float], None] | None = None
     clock: Callable[[], float] = time.time
     estimated_rows: int | None = None  # the input's, when it can tell
+    cancel: asyncio.Event | None = None  # stop for good, closing a replace under way
 
 
 class SendStage:
@@ -119,9 +121,15 @@ class SendStage:
             await self._past_window()
         while True:
             session = journal.current
+            if self._cancelled() and not self.closes_on_cancel():
+                raise self._cancel_stop()
             try:
                 mode = cast(Mode, session.mode)
                 outcome = await self._coordinator(mode).run(self._feed(batches))
+            except Interrupted:
+                if self._cancelled():
+                    raise self._cancel_stop() from None
+                raise
             except WindowClosed as exc:
                 self._put_back(self._last_coordinator.leftovers())
                 if mode == "replace":
@@ -140,6 +148,14 @@ class SendStage:
                 continue
             if outcome.cut:
                 self._put_back(outcome.leftovers)
+                if self._cancelled():
+                    # The audience is not released (the job does not end) until Meta has
+                    # finished the replace: a later job's add would fail during it.
+                    await self._until_replace_done()
+                    raise self._cancel_stop(
+                        f"replace session {session.session_id} was closed with batch "
+                        f"{outcome.last} as its last"
+                    )
                 await self._after_replace(
                     f"replace session {session.session_id} closed with batch {outcome.last} "
                     "before Meta's window ended"
@@ -148,6 +164,26 @@ class SendStage:
             if outcome.last == 0 and not journal.acked and job.mode == "replace":
                 await self._empty_replace()
             return
+
+    def _cancelled(self) -> bool:
+        return self._ctx.cancel is not None and self._ctx.cancel.is_set()
+
+    def closes_on_cancel(self) -> bool:
+        """Whether a cancel now closes the current session rather than halting it: a replace
+        whose batch 1 went out, left open, keeps the audience in replace_in_progress until
+        Meta's window ends."""
+        session = self._journal.current
+        return session.mode == "replace" and session.started_at is not None and not session.closed
+
+    def _cancel_stop(self, closed: str = "") -> Interrupted:
+        """Why a cancelled job stopped, as it is: what was sent and what was not."""
+        tally = self._ctx.tally
+        if not tally.batches_sent:
+            return Interrupted("cancelled before any batch was sent; the audience is unchanged")
+        return Interrupted(
+            f"cancelled after {f'{closed}: ' if closed else ''}{tally.batches_sent} of the "
+            f"{tally.batches_total} batches cut so far were sent; the rest of the input was not"
+        )
 
     def _sender(self, mode: Mode) -> Sender:
         ctx, session = self._ctx, self._journal.current
@@ -188,6 +224,8 @@ class SendStage:
             started = self._journal.current.started_at
             if started is None:
                 return False
+            if self._cancelled():
+                return True
             finish = ctx.clock() + (in_flight + 1) / ctx.limiter.rate
             return finish - started >= CUT_AT * window
 

@@ -30,7 +30,7 @@ from .._report import Tally
 from .._resume.journal import Journal
 from .batcher import Batch
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("engine.upload")
 
 Payload = tuple[bytes, bytes, bytes]
 
@@ -130,6 +130,10 @@ class Sender:
         while True:
             if batch.seq == 1:
                 await self._limiter.acquire()
+                if self._first_of_replace(batch):
+                    # Told to stop while batch 1 waited its turn: the replace has not begun,
+                    # and a cancel decided on that, so it must not begin now.
+                    self._unless_stopping(batch)
                 self._journal.started()  # the window opens as batch 1 goes out
             else:
                 await self._acquire_in_window(batch)

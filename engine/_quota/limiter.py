@@ -23,7 +23,7 @@ from .._graph.usage import Usage
 from .backoff import Backoff
 from .clock import Clock, LoopClock
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("engine.limiter")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,9 @@ import dataclasses
 import hmac
 import logging
 import os
+import re
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ from .._api import Uploader
 from .._errors import ConfigError, InputError
 from .._report import Progress, ProgressFn
 from .intake import Intake, Refusal, with_intake
-from .jobs import STATES, Job, JobStore, State
+from .jobs import STATES, UNFINISHED, Job, JobStore, State
 from .settings import (
     Layout,
     Secrets,
@@ -53,15 +55,20 @@ from .settings import (
     check_exposure,
     load_config,
     load_secrets,
+    tls_context,
 )
 from .telemetry import JobGauges, Metrics, job_context, setup_logging
 
 __all__ = ["main"]
 
-log = logging.getLogger("engine._worker.app")
+log = logging.getLogger("engine.worker")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _TERMINAL: frozenset[State] = frozenset({"completed", "failed", "cancelled"})
+MAX_LIST = 1000  # most jobs one GET /jobs returns
+RETRY_AFTER_S = "30"  # said with a 429 (queue full) or 503 (draining)
+# Open to anyone who reaches the port, for load balancers and kubelets: they say only a status.
+_PROBES = frozenset({"/healthz", "/readyz"})
 
 
 # -- running jobs ------------------------------------------------------------------------------
@@ -94,10 +101,10 @@ class _Live:
 
     job: Job
     task: asyncio.Task[None]
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # a drain: resume it later
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)  # DELETE asked: end it
     progress: Progress | None = None
     started: bool = False
-    cancelled: bool = False  # DELETE asked for it
 
 
 class Worker:
@@ -147,7 +154,21 @@ class Worker:
         live = self._live.get(job_id)
         return live.progress if live else None
 
+    def check_room(self) -> None:
+        """Refusal(429) when `max_queued_jobs` jobs already wait for their turn."""
+        waiting = self._store.count(UNFINISHED) - self.running()
+        if waiting >= self._config.max_queued_jobs:
+            raise Refusal(
+                429, f"{waiting} jobs are waiting to run, the most this worker queues; retry later"
+            )
+
     def submit(self, job: Job) -> Job:
+        try:
+            self.check_room()
+        except Refusal:
+            for path in self._layout.files_of(job.id):  # its hashed body rows
+                path.unlink(missing_ok=True)
+            raise
         stored = self._store.add(job)
         # Accepted while a drain began (its intake awaited): it waits for the next start.
         if not self.draining:
@@ -169,17 +190,16 @@ class Worker:
 
     def cancel(self, job: Job) -> None:
         """Cancel an unfinished job: at once unless it is uploading, else once its requests
-        in flight finish (its task then records it)."""
+        in flight finish and a replace under way is closed (its task then records it)."""
         live = self._live.get(job.id)
         if live is not None:
-            live.cancelled = True
+            live.cancel.set()
             if live.started:
-                live.stop.set()
                 return
             live.task.cancel()
         # Not uploading: nothing else will write its state.
         with job_context(job):
-            self._settle(job, "cancelled", None, None)
+            self._settle(job, "cancelled", None, "cancelled before it started; nothing was sent")
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking jobs; waiting jobs stay queued, running ones stop after their
@@ -228,8 +248,11 @@ class Worker:
                 )
                 state, report, error = await self._upload(live)
         except asyncio.CancelledError:
-            if live.started:
-                self._settle(job, "cancelled" if live.cancelled else "interrupted", None, None)
+            if live.started and live.cancel.is_set():
+                # Cut short by a second signal: a replace may be left open; say so.
+                self._settle(job, "cancelled", None, "cancelled, then stopped at once")
+            elif live.started:
+                self._settle(job, "interrupted", None, None)
             raise
         self._settle(job, state, report, error)
 
@@ -246,6 +269,7 @@ class Worker:
                 read_timeout_s=self._config.read_timeout_s,
                 progress=self._progress_listener(live),
                 stop=live.stop,
+                cancel=live.cancel,
             )
         except InputError as exc:
             return "failed", None, str(exc)
@@ -253,8 +277,10 @@ class Worker:
             log.exception("job crashed")
             return "failed", None, f"internal error: {type(exc).__name__}"
         data = with_intake(report.to_dict(), job.intake)
+        if report.status == "interrupted" and live.cancel.is_set():
+            return "cancelled", data, report.message  # what was sent and what was not
         if report.status == "interrupted":
-            return ("cancelled" if live.cancelled else "interrupted"), data, None
+            return "interrupted", data, None
         if report.status == "completed":
             return "completed", data, None
         return "failed", data, report.message
@@ -271,7 +297,11 @@ class Worker:
     ) -> None:
         self._store.update(job.id, state, report=report, error=error)
         level = logging.INFO if state in ("completed", "interrupted") else logging.WARNING
-        log.log(level, "job %s%s", state, f": {error}" if error else "")
+        # A cancel's message says "cancelled" itself.
+        said = (
+            error if error and error.startswith(state) else state + (f": {error}" if error else "")
+        )
+        log.log(level, "job %s", said)
         if state in _TERMINAL:
             # Its hashed rows and checkpoint are only good for resuming it.
             for path in self._layout.files_of(job.id):
@@ -295,11 +325,60 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Refusal as exc:
-        return _error(exc.status, str(exc))
+        refused = _error(exc.status, str(exc))
+        if exc.status in (429, 503):
+            refused.headers["Retry-After"] = RETRY_AFTER_S
+        return refused
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return _error(exc.status, exc.reason)
+
+
+# A Host header: a name or an IPv4 address, or an IPv6 one in brackets, and maybe a port.
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[^:\[\]]+)(?::[0-9]{1,5})?")
+
+
+def _allowed_hosts(config: WorkerConfig) -> frozenset[str]:
+    """The configured names, and the address the worker listens on unless it is a wildcard."""
+    names = set(config.allowed_hosts)
+    if config.host not in ("0.0.0.0", "::", ""):
+        names.add(f"[{config.host}]" if ":" in config.host else config.host.lower())
+    return frozenset(names)
+
+
+def _host_check(allowed: frozenset[str]) -> Middleware:
+    """Refuse a Host header the worker does not answer to: a web page that reaches a loopback
+    worker by DNS rebinding sends its own host name."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in _PROBES:
+            match = _HOST.fullmatch(request.headers.get("Host", "").lower())
+            if match is None or match[1] not in allowed:
+                return _error(421, "this worker does not answer to that Host (allowed_hosts)")
+        return await handler(request)
+
+    return check
+
+
+def _body_deadline(seconds: float) -> Middleware:
+    """A request body must arrive within `seconds`: a client that trickles it in byte by
+    byte would otherwise hold a connection, and its memory, for as long as it likes."""
+
+    @web.middleware
+    async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.body_exists:
+            try:
+                async with asyncio.timeout(seconds):
+                    await request.read()  # kept: the handler's own read returns it
+            except TimeoutError:
+                late = _error(408, f"the request body did not arrive within {seconds:g} s")
+                late.force_close()
+                return late
+        return await handler(request)
+
+    return deadline
 
 
 def _bearer(token: str) -> Middleware:
@@ -307,7 +386,7 @@ def _bearer(token: str) -> Middleware:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/jobs" or request.path.startswith("/jobs/"):
+        if request.path not in _PROBES:
             # Header text is Latin-1 on the wire: surrogateescape keeps odd bytes comparable.
             given = request.headers.get("Authorization", "").encode(errors="surrogateescape")
             if not hmac.compare_digest(given, expected):
@@ -349,6 +428,7 @@ class _Api:
     async def submit(self, request: web.Request) -> web.Response:
         if self._worker.draining:
             raise Refusal(503, "the worker is shutting down; submit again later")
+        self._worker.check_room()  # before reading the body; submit checks again
         job = await self._intake.job(request)
         if job.intake:
             self._metrics.rejected_on_arrival(job.ad_account, job.intake["rows_rejected"])
@@ -363,13 +443,10 @@ class _Api:
         state = request.query.get("state")
         if state is not None and state not in STATES:
             raise Refusal(400, f"state must be one of {', '.join(STATES)}")
-        try:
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            raise Refusal(400, "limit must be an integer") from None
-        if limit < 1:
-            raise Refusal(400, "limit must be at least 1")
-        jobs = self._worker.store.jobs(state, limit)
+        limit = request.query.get("limit", "100")
+        if not re.fullmatch(r"[0-9]{1,4}", limit) or not 1 <= int(limit) <= MAX_LIST:
+            raise Refusal(400, f"limit must be a whole number from 1 to {MAX_LIST}")
+        jobs = self._worker.store.jobs(state, int(limit))
         return web.json_response({"jobs": [self._view(j) for j in jobs]}, dumps=_dumps)
 
     async def show(self, request: web.Request) -> web.Response:
@@ -400,9 +477,10 @@ class _Api:
 def make_app(
     config: WorkerConfig, secrets: Secrets, worker: Worker, intake: Intake, metrics: Metrics
 ) -> web.Application:
-    middlewares: list[Middleware] = [_errors]
+    middlewares: list[Middleware] = [_errors, _host_check(_allowed_hosts(config))]
     if secrets.api_token:
         middlewares.append(_bearer(secrets.api_token))
+    middlewares.append(_body_deadline(config.body_timeout_s))
     app = web.Application(
         middlewares=middlewares, client_max_size=int(config.max_body_mb * 1024 * 1024)
     )
@@ -433,10 +511,12 @@ def _signals(first: Callable[[], None], second: Callable[[], None]) -> Iterator[
             loop.remove_signal_handler(sig)
 
 
-async def serve(config: WorkerConfig, secrets: Secrets, layout: Layout) -> int:
+async def serve(
+    config: WorkerConfig, secrets: Secrets, layout: Layout, tls: ssl.SSLContext | None = None
+) -> int:
     """Run until SIGTERM or SIGINT, then drain; the exit code."""
     store = JobStore(layout.table)
-    metrics = Metrics()
+    metrics = Metrics(config.max_metric_accounts)
     try:
         async with Uploader(
             api_base=config.api_base,
@@ -455,25 +535,33 @@ async def serve(config: WorkerConfig, secrets: Secrets, layout: Layout) -> int:
                 token_for=secrets.token_for,
                 rows_file=layout.rows_file,
             )
-            runner = web.AppRunner(make_app(config, secrets, worker, intake, metrics))
+            # aiohttp closes a connection that has not sent a whole request head this long
+            # after it opened or after its last response (slow headers, idle keep-alive).
+            runner = web.AppRunner(
+                make_app(config, secrets, worker, intake, metrics),
+                keepalive_timeout=config.header_timeout_s,
+            )
             await runner.setup()
             try:
-                return await _run_site(config, runner, worker)
+                return await _run_site(config, runner, worker, tls)
             finally:
                 await runner.cleanup()
     finally:
         store.close()
 
 
-async def _run_site(config: WorkerConfig, runner: web.AppRunner, worker: Worker) -> int:
-    site = web.TCPSite(runner, config.host, config.port)
+async def _run_site(
+    config: WorkerConfig, runner: web.AppRunner, worker: Worker, tls: ssl.SSLContext | None
+) -> int:
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
         return EXIT_FAILED
     host, port = runner.addresses[0][:2]
-    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
     # On stdout for whoever started us (port 0 picks a free one); the log has it too.
     print(f"audience-engine worker listening on {url}", flush=True)
     log.info("listening on %s", url)
@@ -499,6 +587,7 @@ def main(argv: list[str]) -> int:
         config = load_config(Path(args.config))
         secrets = load_secrets(config.secrets_file, os.environ)
         check_exposure(config, secrets)
+        tls = tls_context(config)
         layout = Layout(config.state_dir)
         layout.create()
         lock = layout.lock()
@@ -507,4 +596,4 @@ def main(argv: list[str]) -> int:
         return EXIT_USAGE
     with lock:
         setup_logging(config.log_level)
-        return asyncio.run(serve(config, secrets, layout))
+        return asyncio.run(serve(config, secrets, layout, tls))

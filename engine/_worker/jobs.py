@@ -91,6 +91,9 @@ class JobStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        # SQLite gives the -wal and -shm files the table's own mode: create it private
+        # first, so they never exist readable by others, whatever the umask.
+        os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         # FULL: an accepted job (201 sent) must survive even a power cut, not only a kill.
         self._db = open_state_db(self.path, _SCHEMA, "FULL")
 
@@ -155,6 +158,14 @@ class JobStore:
             f"SELECT {_COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY seq", UNFINISHED
         )
         return [_job(row) for row in rows]
+
+    def count(self, states: tuple[State, ...]) -> int:
+        """How many jobs are in any of `states`."""
+        marks = ",".join("?" * len(states))
+        (n,) = self._db.execute(
+            f"SELECT count(*) FROM jobs WHERE state IN ({marks})", states
+        ).fetchone()
+        return int(n)
 
     def counts(self) -> dict[State, int]:
         """Jobs by state, every state present."""

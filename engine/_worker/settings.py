@@ -6,7 +6,10 @@ import dataclasses
 import fcntl
 import ipaddress
 import logging
+import os
 import re
+import ssl
+import stat
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,12 +21,17 @@ from .._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
 from .._quota.limiter import LimiterConfig
 from .intake import Refusal, job_option
 
-log = logging.getLogger("engine._worker.app")
+log = logging.getLogger("engine.worker")
 
 TOKEN_ENV = "META_ACCESS_TOKEN"  # default access token; META_ACCESS_TOKEN_<digits> per account
 APP_SECRET_ENV = "META_APP_SECRET"
 API_TOKEN_ENV = "AUDIENCE_ENGINE_API_TOKEN"  # bearer token of the job API
-_ACCOUNT_TOKEN_ENV = re.compile(r"META_ACCESS_TOKEN_(\d+)")
+_ACCOUNT_TOKEN_ENV = re.compile(r"META_ACCESS_TOKEN_([0-9]{1,20})")
+# Shorter bearer tokens can be guessed; 32 characters of token_urlsafe hold 192 bits.
+MIN_API_TOKEN_CHARS = 32
+# The Host header names the worker answers to by default: loopback, any port. A page that
+# reaches 127.0.0.1 by DNS rebinding still sends its own host name, which is refused.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +54,35 @@ class Layout:
         return self.root / "checkpoints"
 
     def create(self) -> None:
+        """Create the state dir, or make an existing one private: its directories 0700 and
+        every file in them 0600, as an older version or another umask may have left them."""
         try:
             for directory in (self.root, self.rows, self.checkpoints):
                 directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            loose = [
+                (path, mode)
+                for directory in (self.root, self.rows, self.checkpoints)
+                for path in (directory, *directory.iterdir())
+                # lstat: a symlink is left alone, never followed out of the state dir.
+                if (mode := path.lstat().st_mode) & 0o077 and not stat.S_ISLNK(mode)
+            ]
+            for path, mode in loose:
+                path.chmod(0o700 if stat.S_ISDIR(mode) else 0o600)
         except OSError as exc:
             raise ConfigError(f"cannot create the state dir {self.root}: {exc}") from None
+        if loose:
+            log.warning(
+                "state dir %s: made %d files and directories readable by this user only",
+                self.root,
+                len(loose),
+            )
 
     def lock(self) -> IO[str]:
         """Hold the state dir until the returned file is closed: two workers on one dir
         would run each job twice. The OS lets go however the process ends, kill -9 too."""
-        lock = open(self.root / "worker.lock", "w")  # noqa: SIM115 - the caller closes it
+        lock = open(  # noqa: SIM115 - the caller closes it
+            self.root / "worker.lock", "w", opener=lambda p, flags: os.open(p, flags, 0o600)
+        )
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -94,7 +121,14 @@ class WorkerConfig:
     api_version: str = DEFAULT_API_VERSION
     secrets_file: Path | None = None
     input_dirs: tuple[Path, ...] = ()  # empty: any path the worker can read
+    allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES  # Host header names, without the port
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     max_body_mb: float = 64.0
+    max_queued_jobs: int = 1000
+    max_metric_accounts: int = 100
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
     log_level: str = "info"
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 120.0
@@ -110,6 +144,10 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "api_base": str,
     "api_version": str,
     "max_body_mb": (int, float),
+    "max_queued_jobs": int,
+    "max_metric_accounts": int,
+    "header_timeout_s": (int, float),
+    "body_timeout_s": (int, float),
     "log_level": str,
     "connect_timeout_s": (int, float),
     "read_timeout_s": (int, float),
@@ -125,11 +163,14 @@ def load_config(path: Path) -> WorkerConfig:
         name = key.replace("-", "_")
         if name in _SCALARS:
             values[name] = _typed_setting(name, value, _SCALARS[name])
-        elif name in ("state_dir", "secrets_file"):
+        elif name in ("state_dir", "secrets_file", "tls_cert", "tls_key"):
             values[name] = base / _typed_setting(name, value, str)
         elif name == "input_dirs":
             dirs = _typed_setting(name, value, list)
             values[name] = tuple(base / _typed_setting(name, d, str) for d in dirs)
+        elif name == "allowed_hosts":
+            hosts = _typed_setting(name, value, list)
+            values[name] = tuple(_typed_setting(name, h, str).lower() for h in hosts)
         elif name == "limits":
             values[name] = _limits(_typed_setting(name, value, dict))
         elif name == "job_defaults":
@@ -148,8 +189,13 @@ def load_config(path: Path) -> WorkerConfig:
     config = WorkerConfig(**values)
     if not 0 <= config.port <= 65535 or config.max_jobs < 1 or config.grace_s < 0:
         raise ConfigError("port must be 0..65535, max_jobs at least 1, grace_s not negative")
-    if not (config.connect_timeout_s > 0 and config.read_timeout_s > 0):
-        raise ConfigError("connect_timeout_s and read_timeout_s must be above 0")
+    timeouts = ("connect_timeout_s", "read_timeout_s", "header_timeout_s", "body_timeout_s")
+    if not all(getattr(config, name) > 0 for name in timeouts):
+        raise ConfigError(f"{', '.join(timeouts)} must be above 0")
+    if config.max_queued_jobs < 1 or config.max_metric_accounts < 1:
+        raise ConfigError("max_queued_jobs and max_metric_accounts must be at least 1")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls_cert and tls_key go together: set both or neither")
     if logging.getLevelName(config.log_level.upper()) not in range(0, 51):
         raise ConfigError(
             f"log_level must be debug, info, warning or error, not {config.log_level}"
@@ -228,7 +274,7 @@ def _read_secrets_file(path: Path) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: [access_tokens] must be a table")
             for account, token in value.items():
-                if not re.fullmatch(r"act_\d+", account) or not isinstance(token, str):
+                if not re.fullmatch(r"act_[0-9]{1,20}", account) or not isinstance(token, str):
                     raise ConfigError(f"{path}: access_tokens.{account} must be act_ID = token")
         elif key not in ("access_token", "app_secret", "api_token"):
             raise ConfigError(f"{path}: unknown key {key!r}")
@@ -237,13 +283,41 @@ def _read_secrets_file(path: Path) -> dict[str, Any]:
     return raw
 
 
+def tls_context(config: WorkerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context when the config names a certificate and key."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load tls_cert {config.tls_cert} and tls_key: {exc}") from None
+    return context
+
+
 def check_exposure(config: WorkerConfig, secrets: Secrets) -> None:
-    """Beyond loopback, anyone who can reach the port could upload: require the token."""
-    if not _is_loopback(config.host) and not secrets.api_token:
+    """Beyond loopback, anyone who can reach the port could upload: require the token, and
+    say so when it would cross the network in plain text. A short token is refused anywhere."""
+    if secrets.api_token is not None and len(secrets.api_token) < MIN_API_TOKEN_CHARS:
+        # Never the token itself, nor its length: only what it must be.
+        raise ConfigError(
+            f"the API token ({API_TOKEN_ENV} or api_token) must be at least "
+            f"{MIN_API_TOKEN_CHARS} characters; make one with: python -c "
+            '"import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    if _is_loopback(config.host):
+        return
+    if not secrets.api_token:
         raise ConfigError(
             f"host {config.host} is reachable from other machines, so the job API needs a "
             f"bearer token: set {API_TOKEN_ENV} or api_token in the secrets file (or listen "
             "on 127.0.0.1)"
+        )
+    if config.tls_cert is None:
+        log.warning(
+            "host %s is reachable from other machines and TLS is off: the API token crosses "
+            "the network in plain text; set tls_cert and tls_key",
+            config.host,
         )
 
 

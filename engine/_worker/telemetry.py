@@ -23,7 +23,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from .._report import Progress
 from .jobs import Job, State
 
-__all__ = ["JobGauges", "Metrics", "job_context", "setup_logging"]
+__all__ = ["OTHER_ACCOUNTS", "JobGauges", "Metrics", "job_context", "setup_logging"]
+
+# The ad_account label of every account past the cap on distinct labels.
+OTHER_ACCOUNTS = "other"
 
 # The job context of the running task; log lines and request metrics read it.
 _job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
@@ -89,6 +92,23 @@ _PROGRESS_METRICS = {
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+class _AccountLabels:
+    """The ad_account label of an account: its id for the first `limit` accounts seen,
+    OTHER_ACCOUNTS after that, so a stream of new accounts cannot grow /metrics without end."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, ad_account: str) -> str:
+        if ad_account in self._seen:
+            return ad_account
+        if len(self._seen) >= self._limit:
+            return OTHER_ACCOUNTS
+        self._seen.add(ad_account)
+        return ad_account
+
+
 class JobGauges(Collector):
     """Jobs by state (from the table) and the live queue depths (jobs waiting, batches not yet
     acknowledged per ad account), read at scrape time."""
@@ -102,6 +122,7 @@ class JobGauges(Collector):
     ) -> None:
         self._counts, self._waiting, self._running = counts, waiting, running
         self._pending = pending
+        self.label: Callable[[str], str] = str
 
     def collect(self) -> Iterable[Metric]:
         states = GaugeMetricFamily("audience_engine_jobs", "Jobs by state", labels=["state"])
@@ -121,16 +142,22 @@ class JobGauges(Collector):
             "Batches cut from running jobs' inputs and not yet acknowledged: queued or in flight",
             labels=["ad_account"],
         )
+        by_label: dict[str, int] = {}
         for account, n in self._pending().items():
-            pending.add_metric([account], n)
+            label = self.label(account)
+            by_label[label] = by_label.get(label, 0) + n
+        for label, n in by_label.items():
+            pending.add_metric([label], n)
         yield pending
 
 
 class Metrics:
-    """The worker's Prometheus metrics, in a registry of its own (not the global one)."""
+    """The worker's Prometheus metrics, in a registry of its own (not the global one), with
+    at most `max_accounts` distinct ad_account labels (the rest are OTHER_ACCOUNTS)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_accounts: int) -> None:
         self.registry = CollectorRegistry()
+        self._label = _AccountLabels(max_accounts)
         self._progress = {
             attr: prometheus_client.Counter(
                 f"audience_engine_{name}", doc, ["ad_account"], registry=self.registry
@@ -151,11 +178,12 @@ class Metrics:
         )
 
     def watch(self, gauges: JobGauges) -> None:
+        gauges.label = self._label
         self.registry.register(gauges)
 
     def on_request(self, outcome: str, seconds: float) -> None:
         """`Uploader(on_request=...)`: runs inside the job's task, so it knows the account."""
-        self._requests.labels(_ad_account.get() or "", outcome).inc()
+        self._requests.labels(self._label(_ad_account.get() or ""), outcome).inc()
         self._latency.observe(seconds)
 
     def progressed(self, ad_account: str, before: Progress | None, after: Progress) -> None:
@@ -163,13 +191,14 @@ class Metrics:
         for attr, counter in self._progress.items():
             delta = getattr(after, attr) - (getattr(before, attr) if before else 0)
             if delta > 0:
-                counter.labels(ad_account).inc(delta)
+                counter.labels(self._label(ad_account)).inc(delta)
 
     def rejected_on_arrival(self, ad_account: str, rows: int) -> None:
         """Body rows rejected while hashing on arrival: read and rejected, never in a job run."""
         if rows:
-            self._progress["rows_read"].labels(ad_account).inc(rows)
-            self._progress["rows_rejected"].labels(ad_account).inc(rows)
+            label = self._label(ad_account)
+            self._progress["rows_read"].labels(label).inc(rows)
+            self._progress["rows_rejected"].labels(label).inc(rows)
 
     def render(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)
