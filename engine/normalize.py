@@ -1,4 +1,4 @@
-"""Normalize and SHA-256 hash identifiers by Meta's customer-file rules (SPEC section 8).
+"""Normalize and SHA-256 hash identifiers by Meta's customer-file rules (docs/normalization.md).
 
 This is the hot path: `normalize_chunk` runs once per chunk in worker processes. It works a
 column at a time, so the per-cell work is C-level `map`s over str methods rather than Python
