@@ -1,4 +1,4 @@
-"""Normalize and SHA-256 hash identifiers by Meta's customer-file rules (SPEC section 8).
+"""Normalize and SHA-256 hash identifiers by Meta's customer-file rules (docs/normalization.md).
 
 This is the hot path: `normalize_chunk` runs once per chunk in worker processes. It works a
 column at a time, so the per-cell work is C-level `map`s over str methods rather than Python
@@ -150,7 +150,8 @@ _US_STATES: dict[str, str] = {
     "texas": "tx", "utah": "ut", "vermont": "vt", "virginia": "va", "washington": "wa",
     "westvirginia": "wv", "wisconsin": "wi", "wyoming": "wy", "districtofcolumbia": "dc",
     "washingtondc": "dc", "puertorico": "pr", "guam": "gu", "usvirginislands": "vi",
-    "virginislands": "vi", "americansamoa": "as", "northernmarianaislands": "mp",
+    "virginislands": "vi", "virginislandsus": "vi", "americansamoa": "as",
+    "northernmarianaislands": "mp", "unitedstatesminoroutlyingislands": "um",
 }  # fmt: skip
 _US_STATES.update({code: code for code in set(_US_STATES.values())})
 
@@ -365,7 +366,8 @@ def _extern_id(raw: str) -> str | None:
 def _lookalike(raw: str) -> int | float | None:
     """A non-negative finite number, int when the text is integral; None when it is not one."""
     s = raw.strip()
-    if not s or "_" in s:  # int()/float() accept "1_000"; a spreadsheet value would not
+    # int()/float() accept "1_000" and other scripts' digits; a spreadsheet value would not.
+    if not s or "_" in s or not s.isascii():
         return None
     try:
         if s.isascii() and s.isdigit():
