@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Meta error codes by how the engine reacts (SPEC section 3, meta-api-facts section 3.4).
+# Meta error codes by how the engine reacts (docs/protocol.md, "Errors and what is sent again").
 THROTTLE_CODES = frozenset({4, 17, 32, 341, 613, 80000, 80003, 80004, 80014})
 TRANSIENT_CODES = frozenset({1, 2})
 PERMANENT_CODES = frozenset({100, 105, 190, 194, 368, 2635})  # and 200-299, permissions
@@ -84,7 +84,7 @@ class ErrorInfo:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The report's `error` object (SPEC section 7)."""
+        """The report's `error` object (docs/report.md)."""
         return {
             "code": self.code,
             "subcode": self.subcode,
@@ -107,13 +107,13 @@ class ApiError(EngineError):
 
     @property
     def is_throttle(self) -> bool:
-        """A rate-limit answer: the whole ad account pauses (SPEC section 3)."""
+        """A rate-limit answer: the whole ad account pauses."""
         return self.info.code in THROTTLE_CODES
 
     @property
     def replace_ended(self) -> bool:
         """The replace session takes no more batches (timed out or already finished):
-        the rest goes through /users add once the replace is done (SPEC section 3)."""
+        the rest goes through /users add once the replace is done."""
         return self.info.code == REPLACE_ERROR_CODE and self.info.subcode in (
             REPLACE_TIMED_OUT,
             REPLACE_FINISHED,
@@ -128,7 +128,7 @@ class ApiError(EngineError):
 
     @property
     def is_permanent(self) -> bool:
-        """One of Meta's codes that no retry fixes (SPEC section 3): it stops the job even
+        """One of Meta's codes that no retry fixes: it stops the job even
         when the reply says `is_transient` or comes with an HTTP 5xx."""
         code = self.info.code
         return code is not None and (code in PERMANENT_CODES or 200 <= code <= 299)

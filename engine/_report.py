@@ -19,7 +19,7 @@ MAX_INVALID_SAMPLES = 100
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """What happened to a job (SPEC section 7). `to_dict()` is the JSON report.
+    """What happened to a job (docs/report.md). `to_dict()` is the JSON report.
 
     Immutable all through: the mappings are read-only views of the report's own copies and
     `sessions` a tuple, so a report handed around (to a callback, a cache, XCom) stays what

@@ -13,12 +13,11 @@ import orjson
 import pytest
 
 import engine
-from engine._hashing.encode import normalize_chunk
-from engine._hashing.schema import NormalizeOptions, Schema
 from engine._input.files import open_input
 from engine.testing.fakegraph import FakeGraph
 from engine.testing.sample import write_sample
 
+from . import refnorm
 from .checks import check_counts, check_session, expected_rows
 from .conftest import AD_ACCOUNT, AUDIENCE, run_python
 
@@ -29,14 +28,13 @@ ROWS = 2_500
 def expected_reasons(path: Path) -> dict[str, int]:
     """What an upload of the file itself reports as `rejected_by_reason`."""
     with open_input(str(path)) as source:
-        schema = Schema(source.bind(None, {}))
-        options = NormalizeOptions(default_country_code="1")
-        reasons = Counter(
-            reject.reason
+        keys = source.bind(None, {})
+        judged = [
+            refnorm.judge_row(keys, cells, default_country_code="1")
             for chunk in source.chunks()
-            for reject in normalize_chunk(chunk, schema, options).rejects
-        )
-    return dict(reasons)
+            for cells in chunk.values
+        ]
+    return dict(Counter(why[1] for _, why in judged if why is not None))
 
 
 @pytest.mark.parametrize(

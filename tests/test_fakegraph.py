@@ -3,6 +3,7 @@ keeps and injects. Time-driven behaviour runs on an injected clock, never on sle
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import hmac
@@ -16,6 +17,9 @@ import aiohttp
 import orjson
 import pytest
 
+from engine import _errors as errors
+from engine._hashing import schema as normalize
+from engine.testing import fakegraph
 from engine.testing.fakegraph import MAX_ROWS, REPLACE_WINDOW_S, FakeConfig, FakeGraph
 
 TOKEN = "fake-token-DO-NOT-LEAK"
@@ -697,3 +701,37 @@ async def test_a_session_id_reused_for_another_mode_is_a_violation(env: Env) -> 
     assert status == 200 and env.graph.members(AUD) == set()
     (violation,) = env.graph.violations
     assert "session 4 reused for remove (was add)" in violation
+
+
+def test_the_fake_holds_its_own_beliefs() -> None:
+    """The fake imports nothing from the engine: Meta's keys, error codes and `is_transient`
+    are its own tables, so a wrong belief in the engine cannot hide in the fake too."""
+    tree = ast.parse(Path(fakegraph.__file__).read_text(encoding="utf-8"))
+    imported = [
+        node.module or ""
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.level > 0 or "engine" in (node.module or ""))
+    ] + [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name.startswith("engine")
+    ]
+    assert imported == []
+
+
+def test_the_fake_and_the_engine_read_meta_alike() -> None:
+    """Two readings of the same facts, written apart, agree: the keys, the replace subcodes."""
+    assert set(normalize.KEYS) == fakegraph.MULTI_KEYS
+    assert set(fakegraph.SINGLE_KEY_SCHEMAS) >= set(normalize.SINGLE_KEY_SCHEMAS)
+    for name in (
+        "REPLACE_ERROR_CODE",
+        "REPLACE_IN_PROGRESS",
+        "REPLACE_NO_FIRST_BATCH",
+        "REPLACE_RETRY_NEW_SESSION",
+        "REPLACE_TIMED_OUT",
+        "REPLACE_FINISHED",
+        "REPLACE_TOO_LARGE",
+    ):
+        assert getattr(fakegraph, name) == getattr(errors, name), name

@@ -18,7 +18,8 @@ US_STATES: dict[str, str] = {
     "texas": "tx", "utah": "ut", "vermont": "vt", "virginia": "va", "washington": "wa",
     "westvirginia": "wv", "wisconsin": "wi", "wyoming": "wy", "districtofcolumbia": "dc",
     "washingtondc": "dc", "puertorico": "pr", "guam": "gu", "usvirginislands": "vi",
-    "virginislands": "vi", "americansamoa": "as", "northernmarianaislands": "mp",
+    "virginislands": "vi", "virginislandsus": "vi", "americansamoa": "as",
+    "northernmarianaislands": "mp", "unitedstatesminoroutlyingislands": "um",
 }  # fmt: skip
 
 

@@ -186,7 +186,8 @@ def _extern_id(raw: str) -> str | None:
 def lookalike(raw: str) -> int | float | None:
     """A non-negative finite number, int when the text is integral; None when it is not one."""
     s = raw.strip()
-    if not s or "_" in s:  # int()/float() accept "1_000"; a spreadsheet value would not
+    # int()/float() accept "1_000" and other scripts' digits; a spreadsheet value would not.
+    if not s or "_" in s or not s.isascii():
         return None
     try:
         if s.isascii() and s.isdigit():

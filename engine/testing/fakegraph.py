@@ -1,8 +1,8 @@
 """An offline fake of the Graph API's Custom Audience upload edges (an aiohttp server).
 
 It stands in for Meta in the tests, the demo, dry runs and benchmarks, and lets users test
-their own integration offline (`python -m engine fake-graph`). What it models, from
-`reference/meta-api-facts.md`:
+their own integration offline (`python -m engine fake-graph`). It keeps Meta's rules in its
+own tables, not the engine's (see docs/protocol.md for what the engine does). What it models:
 
 * `POST /{v}/{audience}/users` (add), the same with `method=DELETE` or a real `DELETE`
   (remove), `POST /{v}/{audience}/usersreplace` (replace); `payload` and `session` are
@@ -17,7 +17,7 @@ their own integration offline (`python -m engine fake-graph`). What it models, f
   1-tuples), so tests can compare it with what the engine meant to send.
 * Faults: latency, random 5xx, dropped connections, scripted errors, slow answers and a
   per-ad-account sliding-window throttle with the `X-Business-Use-Case-Usage` header.
-* A request log and a list of session-invariant violations (SPEC section 2) for tests.
+* A request log and a list of session-invariant violations (docs/protocol.md) for tests.
 
 Admin endpoints for a fake run as a subprocess live under `/_fake/`. Tokens are never
 logged: the access log is off (GET URLs carry the token) and the log keeps no token.
@@ -43,19 +43,6 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from .._errors import (
-    REPLACE_ERROR_CODE,
-    REPLACE_FINISHED,
-    REPLACE_IN_PROGRESS,
-    REPLACE_NO_FIRST_BATCH,
-    REPLACE_RETRY_NEW_SESSION,
-    REPLACE_TIMED_OUT,
-    REPLACE_TOO_LARGE,
-    THROTTLE_CODES,
-    TRANSIENT_CODES,
-)
-from .._hashing.schema import KEYS
-
 Mode = Literal["add", "remove", "replace"]
 
 MAX_ROWS = 10_000
@@ -70,14 +57,39 @@ THROTTLE_MESSAGE = (
     "https://developers.facebook.com/docs/graph-api/overview/rate-limiting#custom-audience."
 )
 
-# Single-key schemas and the multi-key column each one stands for.
+# Meta's rules as this fake holds them, written from Meta's endpoint pages and kept apart
+# from the engine's own tables on purpose: the tests must not grade the engine by its own
+# beliefs. Nothing here is imported from the engine.
+
+# Single-key schemas and the multi-key column each one stands for (the users edge lists the
+# first three; Meta's guide also uploads with a bare "EXTERN_ID" schema).
 SINGLE_KEY_SCHEMAS = {
     "EMAIL_SHA256": "EMAIL",
     "PHONE_SHA256": "PHONE",
     "MOBILE_ADVERTISER_ID": "MADID",
     "EXTERN_ID": "EXTERN_ID",
 }
-MULTI_KEYS = frozenset(KEYS)  # Meta's multi-key names (reference/meta-api-facts.md)
+# The multi-key types the users and usersreplace edges list, and the value column of
+# value-based audiences.
+MULTI_KEYS = frozenset(
+    {
+        "EXTERN_ID", "EMAIL", "PHONE", "GEN", "DOBY", "DOBM", "DOBD", "LN", "FN", "FI", "CT",
+        "ST", "ZIP", "MADID", "COUNTRY", "LOOKALIKE_VALUE",
+    }
+)  # fmt: skip
+
+# Every usersreplace error comes as code 2650, told apart by its subcode.
+REPLACE_ERROR_CODE = 2650
+REPLACE_IN_PROGRESS = 1870145
+REPLACE_NO_FIRST_BATCH = 1870147
+REPLACE_RETRY_NEW_SESSION = 1870148
+REPLACE_TIMED_OUT = 1870158
+REPLACE_FINISHED = 1870159
+REPLACE_TOO_LARGE = 1870144
+# Meta's error bodies carry `is_transient` without saying when it is set. This fake sets it
+# for the codes Meta's error pages answer with "wait and retry": the unknown and service
+# errors (1, 2) and the rate limits (application, user, page, custom and ad-account ones).
+TRANSIENT_CODES = frozenset({1, 2, 4, 17, 32, 341, 613, 80000, 80003, 80004, 80014})
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # A mobile advertiser id: hex with hyphens (IDFA/AAID are UUIDs), 16..64 hex digits.
@@ -225,7 +237,7 @@ class _Fail(Exception):
         self.user_title = user_title
         self.user_msg = user_msg
         if is_transient is None:
-            is_transient = code in TRANSIENT_CODES or code in THROTTLE_CODES
+            is_transient = code in TRANSIENT_CODES
         self.is_transient = is_transient
         self.outcome = outcome or f"error:{code}" + (f"/{subcode}" if subcode is not None else "")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
 from engine.testing.fakegraph import FakeGraph, LogEntry
 from engine.testing.sample import write_sample
 

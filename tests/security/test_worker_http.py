@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 import pytest
 import yarl
+
 from engine.testing.fakegraph import FakeGraph
 
 from ..test_worker import (

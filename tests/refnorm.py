@@ -1,0 +1,239 @@
+"""A reference normalizer: docs/normalization.md read as literally as possible.
+
+The tests grade the engine's normalizer (fast, column-at-a-time, full of shortcuts) against
+this one, so it is written from the docs' rules table alone, never from engine code, and
+imports nothing from `engine`. It is slow and plain on purpose: one cell at a time, one rule
+per key, each a few lines to check by eye against the table. Country and US state codes
+come from pycountry (the ISO 3166 tables), not from the engine's own copy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import math
+import re
+import unicodedata
+from collections.abc import Sequence
+
+import pycountry
+
+HASHED_KEYS = (
+    "EMAIL",
+    "PHONE",
+    "GEN",
+    "DOBY",
+    "DOBM",
+    "DOBD",
+    "FN",
+    "LN",
+    "FI",
+    "CT",
+    "ST",
+    "ZIP",
+    "COUNTRY",
+)
+PLAIN_KEYS = ("MADID", "EXTERN_ID")
+VALUE_KEY = "LOOKALIKE_VALUE"
+SINGLE_KEY = {"EMAIL_SHA256": "EMAIL", "PHONE_SHA256": "PHONE", "MOBILE_ADVERTISER_ID": "MADID"}
+
+Cell = str | int | float
+
+_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+_GENDERS = {"m": "m", "male": "m", "man": "m", "f": "f", "female": "f", "woman": "f"}
+
+
+def letters(text: str) -> str:
+    """Lowercase, NFC, then only letters (any script) and combining marks."""
+    text = unicodedata.normalize("NFC", text.lower())
+    return "".join(c for c in text if c.isalpha() or unicodedata.category(c).startswith("M"))
+
+
+# ST: every US state, district and territory named in full -> its two-letter code.
+_US_STATES = {
+    letters(s.name): s.code.split("-")[1].lower()
+    for s in pycountry.subdivisions.get(country_code="US")
+}
+# COUNTRY: ISO 3166-1 alpha-2 and alpha-3 codes, and the English names the docs name.
+_COUNTRIES = {c.alpha_2.lower(): c.alpha_2.lower() for c in pycountry.countries}
+_COUNTRIES.update({c.alpha_3.lower(): c.alpha_2.lower() for c in pycountry.countries})
+_COUNTRIES.update(
+    {
+        "unitedstates": "us",
+        "unitedstatesofamerica": "us",
+        "america": "us",
+        "uk": "gb",
+        "unitedkingdom": "gb",
+        "greatbritain": "gb",
+        "england": "gb",
+        "germany": "de",
+        "france": "fr",
+        "holland": "nl",
+        "uae": "ae",
+    }
+)
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _email(s: str) -> str | None:
+    s = s.lower()
+    if s.count("@") != 1:
+        return None
+    local, domain = s.split("@")
+    ok = (
+        local != ""
+        and "." in domain
+        and " " not in s
+        and s.isprintable()
+        and not domain.startswith(".")
+        and not s.endswith(".")
+    )
+    return s if ok else None
+
+
+def _phone(s: str, default_country_code: str | None) -> str | None:
+    digits = "".join(c for c in s if c in "0123456789")
+    international = s.startswith("+") or digits.startswith("00")
+    digits = digits.lstrip("0")
+    cc = default_country_code
+    if cc and not international and not (len(digits) > 10 and digits.startswith(cc)):
+        digits = cc + digits
+    return digits if 7 <= len(digits) <= 15 else None
+
+
+def _year(s: str) -> str | None:
+    if re.fullmatch(r"[0-9]{4}", s) and 1900 <= int(s) <= datetime.date.today().year:
+        return s
+    return None
+
+
+def _two_digits(s: str, highest: int) -> str | None:
+    if re.fullmatch(r"[0-9]{1,2}", s) and 1 <= int(s) <= highest:
+        return f"{int(s):02d}"
+    return None
+
+
+def _name(s: str) -> str | None:
+    return letters(s) or None
+
+
+def _zip(s: str) -> str | None:
+    s = s.lower()
+    us = re.fullmatch(r"([0-9]{5})(?:[0-9]{4}|[- ][0-9]{4})?", s)
+    if us:
+        return us.group(1)
+    kept = "".join(c for c in unicodedata.normalize("NFC", s) if c.isalnum())
+    return kept or None
+
+
+def _madid(s: str) -> str | None:
+    s = s.lower()
+    if not re.fullmatch(r"[0-9a-f-]+", s) or re.fullmatch(r"[0-9a-f]{64}", s):
+        return None
+    return s if 16 <= len(s.replace("-", "")) <= 64 else None
+
+
+def _lookalike(s: str) -> int | float | None:
+    if re.fullmatch(r"[0-9]{1,19}", s) and int(s) < 2**63:
+        return int(s)
+    if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", s):
+        return None
+    f = float(s)
+    return f + 0.0 if math.isfinite(f) and f >= 0 else None  # + 0.0: no -0.0
+
+
+def normalize(key: str, raw: str, *, default_country_code: str | None = None) -> Cell | None:
+    """The normalized value, not hashed: "" for an empty cell, None for an invalid one.
+    A hashed key holding a SHA-256 digest gives the digest, lowercased."""
+    s = raw.strip()
+    if s == "":
+        return ""
+    if key in HASHED_KEYS and _DIGEST.fullmatch(s):
+        return s.lower()
+    if key == "EMAIL":
+        return _email(s)
+    if key == "PHONE":
+        return _phone(s, default_country_code)
+    if key == "GEN":
+        return _GENDERS.get(s.lower())
+    if key == "DOBY":
+        return _year(s)
+    if key == "DOBM":
+        return _two_digits(s, 12)
+    if key == "DOBD":
+        return _two_digits(s, 31)
+    if key in ("FN", "LN", "CT"):
+        return _name(s)
+    if key == "FI":
+        name = _name(s)
+        return name[0] if name else None
+    if key == "ST":
+        name = _name(s)
+        return _US_STATES.get(name, name) if name else None
+    if key == "ZIP":
+        return _zip(s)
+    if key == "COUNTRY":
+        return _COUNTRIES.get(letters(s))
+    if key == "MADID":
+        return _madid(s)
+    if key == "EXTERN_ID":
+        return s
+    if key == VALUE_KEY:
+        return _lookalike(s)
+    raise ValueError(f"unknown key {key}")
+
+
+def payload_cell(
+    key: str, raw: str, *, prehashed: bool = False, default_country_code: str | None = None
+) -> Cell | None:
+    """What the payload holds for this cell: the digest of a hashed key, the plain value of
+    MADID and EXTERN_ID, a number for LOOKALIKE_VALUE; "" when empty, None when invalid."""
+    s = raw.strip()
+    if key in HASHED_KEYS and s != "" and not _DIGEST.fullmatch(s):
+        if prehashed:
+            return None
+        value = normalize(key, s, default_country_code=default_country_code)
+        return None if value is None else sha256(str(value))
+    return normalize(key, s, default_country_code=default_country_code)
+
+
+def judge_row(
+    keys: Sequence[str],
+    cells: Sequence[str],
+    *,
+    prehashed: bool = False,
+    default_country_code: str | None = None,
+) -> tuple[list[Cell] | None, tuple[str, str] | None]:
+    """(the payload row, None) for a row that is sent; (None, (key, reason)) for a rejected one."""
+    out = [
+        payload_cell(k, c, prehashed=prehashed, default_country_code=default_country_code)
+        for k, c in zip(keys, cells, strict=True)
+    ]
+    identifiers = [(k, v) for k, v in zip(keys, out, strict=True) if k != VALUE_KEY]
+    if not any(v not in ("", None) for _, v in identifiers):
+        for k, v in identifiers:
+            if v is None:
+                return None, (k, "invalid_hash" if prehashed and k in HASHED_KEYS else _reason(k))
+        return None, ("", "empty_row")
+    if VALUE_KEY in keys and out[list(keys).index(VALUE_KEY)] in ("", None):
+        return None, (VALUE_KEY, "invalid_lookalike_value")
+    return ["" if v is None else v for v in out], None
+
+
+def _reason(key: str) -> str:
+    return f"invalid_{key.lower()}"
+
+
+def expected_row(
+    keys: Sequence[str],
+    cells: Sequence[str],
+    *,
+    prehashed: bool = False,
+    default_country_code: str | None = None,
+) -> list[Cell] | None:
+    """The payload row for these raw cells, or None when the row is rejected."""
+    row, _ = judge_row(keys, cells, prehashed=prehashed, default_country_code=default_country_code)
+    return row
