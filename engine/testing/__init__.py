@@ -11,7 +11,16 @@ against an independent reading of the API. `python -m engine fake-graph` serves 
 
 from __future__ import annotations
 
+from .clock import FakeClock
 from .fakegraph import FakeConfig, FakeGraph, LogEntry
 from .sample import EIGHT_KEYS, sample_rows, write_sample
 
-__all__ = ["EIGHT_KEYS", "FakeConfig", "FakeGraph", "LogEntry", "sample_rows", "write_sample"]
+__all__ = [
+    "EIGHT_KEYS",
+    "FakeClock",
+    "FakeConfig",
+    "FakeGraph",
+    "LogEntry",
+    "sample_rows",
+    "write_sample",
+]
