@@ -30,8 +30,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.stages import STAGES, profile_stages
-from engine.testing import EIGHT_KEYS, write_sample
+from engine.testing import EIGHT_KEYS, STAGES, profile_stages, write_sample
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -5,7 +5,8 @@
 
 `Uploader` runs many uploads over one connection pool with one rate limiter per ad account;
 `upload` and `upload_sync` are one-off shortcuts; `UploadOptions` types their keywords.
-Every call returns a `Report`. The offline fake of the Graph API lives in `engine.testing`.
+Every call returns a `Report`. `hash_rows` hashes rows without uploading them (for work split
+across machines). Test support, with the offline fake of the Graph API, is `engine.testing`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ._rows import Reject
 
 if TYPE_CHECKING:
     from ._api import Uploader, UploadOptions, upload, upload_sync
+    from ._hashing.rows import hash_rows
     from ._input.memory import Rows
     from ._quota.limiter import LimiterConfig
 
@@ -31,6 +33,7 @@ _LAZY = {
     "upload_sync": "_api",
     "LimiterConfig": "_quota.limiter",
     "Rows": "_input.memory",
+    "hash_rows": "_hashing.rows",
 }
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "Rows",
     "UploadOptions",
     "Uploader",
+    "hash_rows",
     "upload",
     "upload_sync",
 ]

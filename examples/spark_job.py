@@ -1,7 +1,7 @@
 """A Spark job: executors normalize and hash partitions in parallel; the driver uploads.
 
 Raw identifiers never leave the executors: each partition is normalized and SHA-256
-hashed there by the engine's own rules (`hash_partition`), and the driver streams the
+hashed there by the engine's own rules (`engine.hash_rows`), and the driver streams the
 hashed rows into one upload, one session, with `prehashed=True`. A row the executors
 reject travels as the engine's `Reject`, so the report counts it under its reason.
 
@@ -25,9 +25,6 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import engine
-from engine._hashing.encode import normalize_chunk
-from engine._hashing.schema import NormalizeOptions, Schema
-from engine._input.memory import Rows, open_source
 
 # Payload keys, in order; the CSV's columns (email, phone, first_name...) bind by alias.
 SCHEMA = "EMAIL,PHONE,FN,LN,ZIP,CT,ST,COUNTRY"
@@ -38,22 +35,13 @@ Hashed = tuple[str, ...] | engine.Reject
 def hash_partition(rows: Iterable[Mapping[str, Any]]) -> list[Hashed]:
     """One partition's rows (dicts), normalized and hashed: a tuple in SCHEMA order per row,
     or for a row no key can use, the engine's `Reject` saying why ("invalid_email"...)."""
-    schema = Schema.parse(SCHEMA)
-    options = NormalizeOptions(default_country_code="1")
-    out: list[Hashed] = []
-    with open_source(rows) as source:
-        source.bind(schema.keys, {})
-        for chunk in source.chunks():
-            hashed = normalize_chunk(chunk, schema, options)
-            out.extend(tuple(map(str, row)) for row in hashed.data)
-            out.extend(hashed.rejects)  # the driver's upload counts each with its reason
-    return out
+    return engine.hash_rows(rows, SCHEMA, default_country_code="1")
 
 
 def upload_hashed(rows: Iterable[Hashed]) -> dict[str, Any]:
     """The driver's part: one upload of already hashed rows, streamed as they arrive."""
     report = engine.upload_sync(
-        Rows(rows, columns=SCHEMA.split(",")),
+        engine.Rows(rows, columns=SCHEMA.split(",")),
         audience=os.environ["META_AUDIENCE_ID"],
         ad_account=os.environ["META_AD_ACCOUNT"],
         api_base=os.environ.get("META_API_BASE", "https://graph.facebook.com"),

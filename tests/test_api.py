@@ -438,3 +438,21 @@ async def test_rows_rejected_upstream_count_with_their_reasons(
         logged = list(csv.DictReader(f))
     assert [int(r["row"]) for r in logged] == [items.index(r) + 1 for r in rejected]
     assert {(r["key"], r["reason"]) for r in logged} == {("EMAIL", "invalid_email")}
+
+
+def test_hash_rows_gives_payload_rows_and_rejects_by_the_rules() -> None:
+    """`engine.hash_rows` (what a Spark executor runs): each row as the reference reads it."""
+    people = [
+        {"email": " John@Example.com ", "phone": "+1 (555) 010-2030"},
+        {"email": "not an address", "phone": ""},
+        {"email": "", "phone": "555 010 9999"},
+    ]
+    out = engine.hash_rows(people, "EMAIL,PHONE", default_country_code="1")
+    keys = ("EMAIL", "PHONE")
+    expected = [
+        refnorm.judge_row(keys, (p["email"], p["phone"]), default_country_code="1") for p in people
+    ]
+    assert out == [tuple(row) for row, _ in expected if row is not None] + [
+        engine.Reject(2, "EMAIL", "invalid_email")
+    ]
+    assert [reject for _, reject in expected] == [None, ("EMAIL", "invalid_email"), None]

@@ -22,6 +22,7 @@ def test_engine_exports_exactly_its_public_api() -> None:
         "Rows",
         "UploadOptions",
         "Uploader",
+        "hash_rows",
         "upload",
         "upload_sync",
     ]
@@ -47,6 +48,9 @@ def test_testing_exports_its_support_api() -> None:
         "FakeConfig",
         "FakeGraph",
         "LogEntry",
+        "STAGES",
+        "StageCpu",
+        "profile_stages",
         "sample_rows",
         "write_sample",
     ]

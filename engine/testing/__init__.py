@@ -14,6 +14,7 @@ from __future__ import annotations
 from .clock import FakeClock
 from .fakegraph import FakeConfig, FakeGraph, LogEntry
 from .sample import EIGHT_KEYS, sample_rows, write_sample
+from .stages import STAGES, StageCpu, profile_stages
 
 __all__ = [
     "EIGHT_KEYS",
@@ -21,6 +22,9 @@ __all__ = [
     "FakeConfig",
     "FakeGraph",
     "LogEntry",
+    "STAGES",
+    "StageCpu",
+    "profile_stages",
     "sample_rows",
     "write_sample",
 ]

@@ -1,5 +1,5 @@
-"""Per-stage CPU of the engine, by running its stage functions one after another in this
-process on the same input (time.process_time around each stage, one core, no pool).
+"""Per-stage CPU of the engine, for benchmarks: its stage functions run one after another in
+this process on the same input (time.process_time around each stage, one core, no pool).
 
 Stages: read (InputFile.aunits: what the parent reads, quote-free CSV blocks or chunks),
 normalize+hash (hash_unit, what a hashing worker does with each: parse a block, normalize,
@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from engine._graph.client import GraphClient, multipart_body
-from engine._hashing.pool import hash_unit
-from engine._hashing.schema import NormalizeOptions, Schema
-from engine._input.files import CsvBlock, InputFile, open_input
-from engine._pipeline.batcher import Batch, Batcher
-from engine._pipeline.run import CHUNK_ROWS
-from engine._pipeline.sender import encode_payload
-from engine._rows import EncodedChunk, RawChunk
+from .._graph.client import GraphClient, multipart_body
+from .._hashing.pool import hash_unit
+from .._hashing.schema import NormalizeOptions, Schema
+from .._input.files import CsvBlock, InputFile, open_input
+from .._pipeline.batcher import Batch, Batcher
+from .._pipeline.run import CHUNK_ROWS
+from .._pipeline.sender import encode_payload
+from .._rows import EncodedChunk, RawChunk
 
 STAGES = ("read", "normalize_hash", "encode", "send")
 
