@@ -16,6 +16,7 @@ import aiohttp
 
 from ._errors import InputError
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient, Mode
+from ._graph.facts import MAX_BATCH_ROWS, SESSION_WINDOW_S
 from ._input.memory import Source, aopen_source
 from ._options import DEFAULT_CONCURRENCY, UploadJob
 from ._pipeline.run import RequestHook, run_job
@@ -144,7 +145,7 @@ class Uploader:
         format: str | None = None,
         prehashed: bool = False,
         default_country_code: str | None = None,
-        batch_size: int = 10_000,
+        batch_size: int = MAX_BATCH_ROWS,
         concurrency: int = DEFAULT_CONCURRENCY,
         workers: int | None = None,
         session_id: int | None = None,
@@ -156,7 +157,7 @@ class Uploader:
         read_timeout_s: float = 120.0,
         checkpoint: str | os.PathLike[str] | None = None,
         restart: bool = False,
-        session_window_s: float = 90 * 60,
+        session_window_s: float = SESSION_WINDOW_S,
         access_token: str | None = None,
         app_secret: str | None = None,
         progress: ProgressFn | None = None,

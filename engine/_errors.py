@@ -1,4 +1,20 @@
-"""The engine's error hierarchy: every failure a caller can see is one of these."""
+"""The engine's error hierarchy: every failure a caller can see is one of these.
+
+    EngineError
+    ├── InputError ............ bad usage or input, found before anything is sent (exit 2)
+    │   └── ConfigError ....... an option or a configuration file is wrong
+    ├── ApiError .............. the Graph API answered with an error (carries ErrorInfo)
+    ├── TransportError ........ no usable reply: timeout, reset, refused, unreadable body
+    ├── RetriesExhausted ...... a batch kept failing past the retry limit (exit 1)
+    ├── Interrupted ........... the job was asked to stop (exit 3)
+    ├── WindowClosed .......... internal: a batch was due past its session's window
+    └── ReplaceRestart ........ internal: a replace starts over in a new session
+
+Only `EngineError`, `InputError`, `ConfigError`, `ApiError` and `ErrorInfo` are public; the
+library reports the others in a `Report` rather than raising them. Foreign errors (aiohttp's,
+sqlite3's, the OS's) are mapped to these where they are met: the transport in
+`_graph/client.py`, the readers in `_input/`.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Meta error codes by how the engine reacts (docs/protocol.md, "Errors and what is sent again").
-THROTTLE_CODES = frozenset({4, 17, 32, 341, 613, 80000, 80003, 80004, 80014})
-TRANSIENT_CODES = frozenset({1, 2})
-PERMANENT_CODES = frozenset({100, 105, 190, 194, 368, 2635})  # and 200-299, permissions
-REPLACE_ERROR_CODE = 2650
-REPLACE_IN_PROGRESS = 1870145
-REPLACE_RETRY_NEW_SESSION = 1870148
-REPLACE_TIMED_OUT = 1870158
-REPLACE_FINISHED = 1870159
-REPLACE_NO_FIRST_BATCH = 1870147
-REPLACE_TOO_LARGE = 1870144
-
+from ._graph.facts import (
+    PERMANENT_CODES,
+    REPLACE_ERROR_CODE,
+    REPLACE_FINISHED,
+    REPLACE_IN_PROGRESS,
+    REPLACE_RETRY_NEW_SESSION,
+    REPLACE_TIMED_OUT,
+    THROTTLE_CODES,
+    TRANSIENT_CODES,
+)
 
 EMPTY_REPLACE = (
     "replace with zero valid rows would empty the audience; "

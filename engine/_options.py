@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from ._errors import ConfigError
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION, Mode
+from ._graph.facts import MAX_BATCH_ROWS, SESSION_WINDOW_S
 
 MODES: tuple[Mode, ...] = ("add", "remove", "replace")
-MAX_BATCH_SIZE = 10_000
 # Requests in flight per job, at most (the session coordinator's byte budget also bounds
 # them). Enough to hide a 200 ms round trip at full hashing speed with one-key rows (60
 # batches/s of 10,000 need 12 in flight, and the slack absorbs jitter); the rate limiter,
@@ -45,7 +45,7 @@ class UploadJob:
     format: str | None = None
     prehashed: bool = False
     default_country_code: str | None = None
-    batch_size: int = MAX_BATCH_SIZE
+    batch_size: int = MAX_BATCH_ROWS
     concurrency: int = DEFAULT_CONCURRENCY
     workers: int | None = None  # normalize+hash processes; None: decided from the machine
     api_base: str = DEFAULT_API_BASE
@@ -59,7 +59,9 @@ class UploadJob:
     read_timeout_s: float = 120.0
     checkpoint: str | None = None  # SQLite file that makes the job resumable
     restart: bool = False  # ignore (and overwrite) an unfinished checkpoint
-    session_window_s: float = 90 * 60  # Meta's session window; smaller only against the fake
+    session_window_s: float = (
+        SESSION_WINDOW_S  # Meta's session window; smaller only against the fake
+    )
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"\d+", self.audience_id):
@@ -69,8 +71,8 @@ class UploadJob:
             raise ConfigError("ad account must look like act_123: act_ and 1 to 20 digits")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
-            raise ConfigError(f"batch size must be 1..{MAX_BATCH_SIZE}, got {self.batch_size}")
+        if not 1 <= self.batch_size <= MAX_BATCH_ROWS:
+            raise ConfigError(f"batch size must be 1..{MAX_BATCH_ROWS}, got {self.batch_size}")
         if self.concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
         if self.session_id is not None and not 0 < self.session_id < 2**63:

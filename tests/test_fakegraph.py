@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from engine import _errors as errors
+from engine._graph import facts as errors
 from engine._hashing import schema as normalize
 from engine.testing import fakegraph
 from engine.testing.fakegraph import MAX_ROWS, REPLACE_WINDOW_S, FakeConfig, FakeGraph

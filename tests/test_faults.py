@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from engine._api import Uploader
-from engine._errors import THROTTLE_CODES
+from engine._graph.facts import THROTTLE_CODES
 from engine._quota.limiter import LimiterConfig
 from engine.testing.fakegraph import FakeGraph, LogEntry
 from engine.testing.sample import write_sample

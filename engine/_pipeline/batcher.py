@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._graph.facts import MAX_BATCH_ROWS
 from .._rows import EncodedChunk
 
 
@@ -25,8 +26,8 @@ class Batcher:
     """Accumulates rows in input order and hands out full batches; `flush()` gives the rest."""
 
     def __init__(self, batch_size: int) -> None:
-        if not 1 <= batch_size <= 10_000:
-            raise ValueError("batch_size must be between 1 and 10000")
+        if not 1 <= batch_size <= MAX_BATCH_ROWS:
+            raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_ROWS}")
         self._size = batch_size
         self._parts: list[bytes] = []
         self._count = 0

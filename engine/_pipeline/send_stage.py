@@ -18,9 +18,6 @@ from typing import cast
 
 from .._errors import (
     EMPTY_REPLACE,
-    REPLACE_ERROR_CODE,
-    REPLACE_NO_FIRST_BATCH,
-    REPLACE_TOO_LARGE,
     ApiError,
     InputError,
     Interrupted,
@@ -29,6 +26,7 @@ from .._errors import (
     WindowClosed,
 )
 from .._graph.client import GraphClient, Mode
+from .._graph.facts import REPLACE_ERROR_CODE, REPLACE_NO_FIRST_BATCH, REPLACE_TOO_LARGE
 from .._hashing.schema import Schema
 from .._options import UploadJob, new_session_id
 from .._quota.limiter import AccountLimiter

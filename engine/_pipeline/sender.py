@@ -13,15 +13,9 @@ from typing import Any
 import orjson
 
 from .._aio import first_done
-from .._errors import (
-    TRANSIENT_CODES,
-    ApiError,
-    Interrupted,
-    RetriesExhausted,
-    TransportError,
-    WindowClosed,
-)
+from .._errors import ApiError, Interrupted, RetriesExhausted, TransportError, WindowClosed
 from .._graph.client import GraphClient, Mode
+from .._graph.facts import TRANSIENT_CODES
 from .._graph.usage import parse_usage
 from .._hashing.schema import Schema
 from .._quota.backoff import Backoff

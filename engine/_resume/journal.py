@@ -20,7 +20,6 @@ from .._pipeline.batcher import Batch
 from .checkpoint import BatchRecord, Checkpoint, JobRecord, SessionRecord, batch_digest
 
 # Meta discards batches that arrive 90 minutes after a session's first batch.
-SESSION_WINDOW_S = 90 * 60
 
 
 class Journal:
