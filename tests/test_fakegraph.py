@@ -705,20 +705,28 @@ async def test_a_session_id_reused_for_another_mode_is_a_violation(env: Env) -> 
 
 def test_the_fake_holds_its_own_beliefs() -> None:
     """The fake imports nothing from the engine: Meta's keys, error codes and `is_transient`
-    are its own tables, so a wrong belief in the engine cannot hide in the fake too."""
-    tree = ast.parse(Path(fakegraph.__file__).read_text(encoding="utf-8"))
-    imported = [
-        node.module or ""
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and (node.level > 0 or "engine" in (node.module or ""))
-    ] + [
-        alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-        if alias.name.startswith("engine")
+    are its own tables, so a wrong belief in the engine cannot hide in the fake too. Its
+    modules import one another and nothing else of the engine."""
+    package = fakegraph.__name__
+    modules = sorted(Path(fakegraph.__file__).parent.glob("*.py"))
+    assert {"__init__.py", "meta.py", "server.py"} <= {m.name for m in modules}
+    imported: list[str] = []
+    for module in modules:
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                # Every module sits at the package's top level: level 1 is the package.
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                imported.append(f"{parent}.{node.module}" if node.module else parent)
+            elif isinstance(node, ast.ImportFrom):
+                imported.append(node.module or "")
+            elif isinstance(node, ast.Import):
+                imported += [alias.name for alias in node.names]
+    engine_imports = [name for name in imported if name.split(".")[0] == "engine"]
+    assert engine_imports, "the relative imports were not seen"
+    outside = [
+        name for name in engine_imports if name != package and not name.startswith(package + ".")
     ]
-    assert imported == []
+    assert outside == []
 
 
 def test_the_fake_and_the_engine_read_meta_alike() -> None:
