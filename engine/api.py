@@ -10,10 +10,11 @@ import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import aiohttp
 
+from .checkpoint import acks_from_report
 from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient, Mode
 from .config import DEFAULT_CONCURRENCY, UploadJob
 from .errors import InputError
@@ -59,6 +60,7 @@ class UploadOptions(_Target, total=False):
     checkpoint: str | os.PathLike[str] | None
     restart: bool
     session_window_s: float
+    unrecorded_batches: Sequence[Mapping[str, Any]] | None
     access_token: str | None
     app_secret: str | None
     progress: ProgressFn | None
@@ -157,6 +159,7 @@ class Uploader:
         checkpoint: str | os.PathLike[str] | None = None,
         restart: bool = False,
         session_window_s: float = 90 * 60,
+        unrecorded_batches: Sequence[Mapping[str, Any]] | None = None,
         access_token: str | None = None,
         app_secret: str | None = None,
         progress: ProgressFn | None = None,
@@ -185,6 +188,10 @@ class Uploader:
         same session, sending only what was not acknowledged. A checkpoint of a different
         job or of changed input is refused unless `restart` is set. `session_window_s` is
         Meta's 90-minute session window; change it only for a fake with a time scale.
+        When the checkpoint cannot be written the job stops sending, and its report lists
+        the batches the API acknowledged that the checkpoint does not hold
+        (`unrecorded_batches`): pass them back here when resuming, and they are not sent
+        again.
 
         The keyword parameters are the items of `UploadOptions`, which `upload()` and
         `upload_sync()` take: change both together.
@@ -217,6 +224,7 @@ class Uploader:
             checkpoint=os.fspath(checkpoint) if checkpoint is not None else None,
             restart=restart,
             session_window_s=session_window_s,
+            unrecorded_batches=tuple(acks_from_report(unrecorded_batches or [])),
         )
         client = None
         if not dry_run:
