@@ -10,7 +10,7 @@ import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import aiohttp
 
@@ -23,6 +23,7 @@ from ._pipeline.run import RequestHook, run_job
 from ._pipeline.sender import RetryPolicy
 from ._quota.limiter import LimiterConfig, LimiterRegistry
 from ._report import ProgressFn, Report
+from ._resume.checkpoint import acks_from_report
 
 __all__ = ["UploadOptions", "Uploader", "upload", "upload_sync"]
 
@@ -60,6 +61,7 @@ class UploadOptions(_Target, total=False):
     checkpoint: str | os.PathLike[str] | None
     restart: bool
     session_window_s: float
+    unrecorded_batches: Sequence[Mapping[str, Any]] | None
     access_token: str | None
     app_secret: str | None
     progress: ProgressFn | None
@@ -158,6 +160,7 @@ class Uploader:
         checkpoint: str | os.PathLike[str] | None = None,
         restart: bool = False,
         session_window_s: float = SESSION_WINDOW_S,
+        unrecorded_batches: Sequence[Mapping[str, Any]] | None = None,
         access_token: str | None = None,
         app_secret: str | None = None,
         progress: ProgressFn | None = None,
@@ -186,6 +189,10 @@ class Uploader:
         same session, sending only what was not acknowledged. A checkpoint of a different
         job or of changed input is refused unless `restart` is set. `session_window_s` is
         Meta's 90-minute session window; change it only for a fake with a time scale.
+        When the checkpoint cannot be written the job stops sending, and its report lists
+        the batches the API acknowledged that the checkpoint does not hold
+        (`unrecorded_batches`): pass them back here when resuming, and they are not sent
+        again.
 
         The keyword parameters are the items of `UploadOptions`, which `upload()` and
         `upload_sync()` take: change both together.
@@ -218,6 +225,7 @@ class Uploader:
             checkpoint=os.fspath(checkpoint) if checkpoint is not None else None,
             restart=restart,
             session_window_s=session_window_s,
+            unrecorded_batches=tuple(acks_from_report(unrecorded_batches or [])),
         )
         client = None
         if not dry_run:

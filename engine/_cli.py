@@ -24,13 +24,15 @@ import orjson
 from ._api import Uploader
 from ._errors import InputError
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
-from ._options import DEFAULT_CONCURRENCY, MODES
+from ._options import DEFAULT_CONCURRENCY, MODES, check_bounds
 from ._quota.limiter import LimiterConfig
 from ._report import Progress, ProgressFn, Report
 from ._resume.checkpoint import Checkpoint, default_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 DEFAULT_GRACE_S = 30.0
+# A report is a few kilobytes; a bigger file at --report is not one.
+MAX_REPORT_BYTES = 16 << 20
 log = logging.getLogger("engine")
 
 
@@ -202,8 +204,27 @@ def _limits(options: dict[str, Any]) -> LimiterConfig:
         raise InputError(f"rate limit options: {exc}") from None
 
 
+def _unrecorded(report_path: str | None) -> Any:
+    """The `unrecorded_batches` of the report an earlier run left at `report_path`: batches
+    the API acknowledged that its checkpoint could not record, so that running the same
+    command again does not send them again. None when there is no such report (a file that
+    is no report is overwritten, as always)."""
+    if not report_path:
+        return None
+    try:
+        with open(report_path, "rb") as f:
+            report = orjson.loads(f.read(MAX_REPORT_BYTES))
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return report.get("unrecorded_batches") if isinstance(report, dict) else None
+
+
 async def _upload(options: dict[str, Any]) -> int:
+    # The options only the command line has; the job checks its own (UploadJob).
+    check_bounds(**{k: options.get(k) for k in ("grace", "rate", "burst", "max_throttle_wait")})
     kwargs = _upload_options(options)
+    if "checkpoint" in kwargs:
+        kwargs["unrecorded_batches"] = _unrecorded(options.get("report"))
     uploader = Uploader(
         api_base=options.get("api_base") or DEFAULT_API_BASE,
         api_version=options.get("api_version") or DEFAULT_API_VERSION,
@@ -213,7 +234,7 @@ async def _upload(options: dict[str, Any]) -> int:
     task = asyncio.current_task()
     assert task is not None
 
-    grace = float(options.get("grace") or DEFAULT_GRACE_S)
+    grace = float(options.get("grace", DEFAULT_GRACE_S))
 
     def on_signal() -> None:
         # First signal: stop gracefully (in-flight requests finish, within the grace
@@ -296,10 +317,14 @@ def _status(path: str) -> int:
 
 def _emit(report: Report, path: str | None) -> None:
     data = orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2)
-    if path:
-        with open(path, "wb") as f:
-            f.write(data + b"\n")
     sys.stdout.write(data.decode() + "\n")
+    sys.stdout.flush()
+    if path:
+        try:
+            with open(path, "wb") as f:
+                f.write(data + b"\n")
+        except OSError as exc:  # a full disk: the report on stdout is all there is
+            print(f"error: cannot write the report to {path}: {exc}", file=sys.stderr)
     if report.error:
         e = report.error
         print(

@@ -187,6 +187,15 @@ class ReplaceRestart(EngineError):
         self.error = error
 
 
+class CheckpointError(EngineError):
+    """The checkpoint could not be written (disk full, read-only, I/O error). No batch goes
+    out until it can be; acknowledgements it could not record are kept in memory (exit 1)."""
+
+    @property
+    def info(self) -> ErrorInfo:
+        return ErrorInfo(None, None, "CheckpointError", str(self))
+
+
 class Interrupted(EngineError):
     """The job was asked to stop; what was acknowledged stays acknowledged (exit code 3)."""
 

@@ -49,9 +49,17 @@ class Report:
     message: str | None = None
     sessions: tuple[Mapping[str, Any], ...] = ()
     resumed: bool = False
+    # Batches the API acknowledged that the checkpoint could not record (see the README).
+    unrecorded_batches: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("rejected_by_reason", "invalid_entry_samples", "error", "sessions"):
+        for name in (
+            "rejected_by_reason",
+            "invalid_entry_samples",
+            "error",
+            "sessions",
+            "unrecorded_batches",
+        ):
             # The fields are frozen; this is how a frozen dataclass sets its own in __init__.
             object.__setattr__(self, name, _read_only(getattr(self, name)))
 
@@ -177,6 +185,7 @@ class Tally:
         message: str | None = None,
         sessions: list[dict[str, Any]] | None = None,
         resumed: bool = False,
+        unrecorded_batches: list[dict[str, Any]] | None = None,
     ) -> Report:
         elapsed = time.monotonic() - self.started
         return Report(
@@ -203,4 +212,5 @@ class Tally:
             message=message,
             sessions=tuple(sessions or ()),
             resumed=resumed,
+            unrecorded_batches=tuple(unrecorded_batches or ()),
         )

@@ -11,10 +11,11 @@ import csv
 import logging
 import multiprocessing
 import os
+import sqlite3
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ import orjson
 from .._errors import (
     EMPTY_REPLACE,
     ApiError,
+    CheckpointError,
     InputError,
     Interrupted,
     ReplaceRestart,
@@ -34,7 +36,7 @@ from .._input.files import CsvBlock, InputFile, open_input
 from .._options import UploadJob, new_session_id
 from .._quota.limiter import AccountLimiter
 from .._report import ProgressFn, Report, Status, Tally
-from .._resume.checkpoint import Checkpoint
+from .._resume.checkpoint import Checkpoint, ack_to_report
 from .._resume.journal import Journal
 from .._rows import EncodedChunk, RawChunk, Reject
 from .batcher import Batch, Batcher
@@ -82,8 +84,6 @@ async def run_job(
     """
     schema = _bind_schema(job, source)
     with _journal(job, schema, source) as journal, ExitStack() as reopened:
-        if not journal.sessions:
-            journal.open_session(job.session_id or new_session_id(), job.mode)
         first = journal.sessions[0]
         # Counts of earlier runs of a resumed job are the job's too, from the first event on.
         tally = Tally(
@@ -163,7 +163,7 @@ async def run_job(
                         continue
                     status, error = "failed", exc.error.info
                     message = f"{exc}, but the input cannot be read twice; run the job again"
-                except (ApiError, RetriesExhausted) as exc:
+                except (ApiError, RetriesExhausted, CheckpointError) as exc:
                     status, error, message = "failed", exc.info, str(exc)
                 except Interrupted as exc:
                     if bad_input and not requests:
@@ -174,30 +174,46 @@ async def run_job(
                     else:
                         status, message = "interrupted", str(exc)
                 except asyncio.CancelledError:
-                    journal.finish("running", tally.retries, tally.throttled)
+                    # Stopped at once: no waiting for a checkpoint that fails.
+                    with suppress(CheckpointError):
+                        journal.finish("running", tally.retries, tally.throttled)
                     raise
                 finally:
                     for relay in relays:
                         relay.cancel()
+            try:
+                # The last try for acknowledgements the checkpoint could not record yet.
+                state = "completed" if status == "completed" else "running"
+                journal.finish(state, tally.retries, tally.throttled)
+            except CheckpointError as exc:
+                if error is None:
+                    status, error, message = "failed", exc.info, str(exc)
             break
         notes = [*(sending.notes if sending else []), *([message] if message else [])]
-        journal.finish(
-            "completed" if status == "completed" else "running", tally.retries, tally.throttled
-        )
+        if journal.unrecorded:
+            notes.append(
+                f"{len(journal.unrecorded)} batches the API acknowledged are not in the "
+                "checkpoint (unrecorded_batches): resume with this report (the command line "
+                "reads it from --report) or they are sent again"
+            )
         return tally.report(
             status,
             error=error,
             message="; ".join(notes) or None,
             sessions=[{"session_id": s.session_id, "mode": s.mode} for s in journal.sessions],
             resumed=journal.resumed_run,
+            unrecorded_batches=[ack_to_report(a) for _, a in sorted(journal.unrecorded.items())],
         )
 
 
 @contextmanager
 def _journal(job: UploadJob, schema: Schema, source: InputFile) -> Iterator[Journal]:
-    """The job's journal, loaded from its checkpoint when resuming; checked against it."""
+    """The job's journal, loaded from its checkpoint when resuming; checked against it, and
+    the checkpoint written once: InputError when it cannot be, as nothing was sent yet."""
     if job.checkpoint is None or job.dry_run:
-        yield Journal(None, None)
+        journal = Journal(None, None)
+        journal.open_session(job.session_id or new_session_id(), job.mode)
+        yield journal
         return
     identity = orjson.dumps(
         {
@@ -211,7 +227,22 @@ def _journal(job: UploadJob, schema: Schema, source: InputFile) -> Iterator[Jour
         }
     ).decode()
     fingerprint = source.fingerprint()
-    checkpoint = Checkpoint(job.checkpoint)
+    try:
+        checkpoint = Checkpoint(job.checkpoint)
+    except (sqlite3.Error, OSError) as exc:
+        raise InputError(f"checkpoint {job.checkpoint} cannot be used ({exc})") from None
+    try:
+        journal = _load_journal(job, checkpoint, identity, fingerprint)
+        yield journal
+    finally:
+        checkpoint.close()
+
+
+def _load_journal(
+    job: UploadJob, checkpoint: Checkpoint, identity: str, fingerprint: str
+) -> Journal:
+    """The journal of the job `checkpoint` holds (a new one unless resuming), with the
+    acknowledgements an earlier run could not record added, and a session open."""
     try:
         record = checkpoint.load()
         if record is not None and record.state == "running" and not job.restart:
@@ -226,12 +257,28 @@ def _journal(job: UploadJob, schema: Schema, source: InputFile) -> Iterator[Jour
                     f"the input changed since checkpoint {job.checkpoint} was written; "
                     "pass --restart to start over in a new session"
                 )
+            # Acknowledgements an earlier run could not record (from its report): only the
+            # newest session's, as an older report's may be of a session since left (a
+            # replace that started over forgets its batches).
+            newest = record.sessions[-1].session_id if record.sessions else None
+            carried = [
+                (batch, last)
+                for batch, last in job.unrecorded_batches
+                if batch.session_id == newest and batch.batch not in record.batches
+            ]
+            # Also the write that shows the checkpoint takes writes before anything goes out.
+            checkpoint.acknowledged(carried)
+            if carried:
+                record = checkpoint.load()
         else:
             checkpoint.start(identity, fingerprint)
             record = None
-        yield Journal(checkpoint, record)
-    finally:
-        checkpoint.close()
+        journal = Journal(checkpoint, record)
+        if not journal.sessions:
+            journal.open_session(job.session_id or new_session_id(), job.mode)
+    except (sqlite3.Error, OSError, CheckpointError) as exc:
+        raise InputError(f"checkpoint {job.checkpoint} cannot be used ({exc})") from None
+    return journal
 
 
 def _reread(job: UploadJob, source: InputFile) -> InputFile | None:

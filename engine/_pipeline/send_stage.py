@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from .._aio import first_done
 from .._errors import (
     EMPTY_REPLACE,
     ApiError,
+    CheckpointError,
     InputError,
     Interrupted,
     ReplaceRestart,
@@ -128,6 +130,13 @@ class SendStage:
                 if self._cancelled():
                     raise self._cancel_stop() from None
                 raise
+            except CheckpointError as exc:
+                # Sending stopped with it: no batch went out since that the checkpoint could
+                # not record. What the API acknowledged meanwhile waits in the journal.
+                unacked = self._last_coordinator.leftovers()
+                self._put_back([b for b in unacked if b.index not in journal.acked])
+                await self._until_recorded(exc)
+                continue
             except WindowClosed as exc:
                 self._put_back(self._last_coordinator.leftovers())
                 if mode == "replace":
@@ -316,6 +325,33 @@ class SendStage:
     def _note(self, text: str, *, error: bool = False) -> None:
         self.notes.append(text)
         log.log(logging.ERROR if error else logging.WARNING, "%s", text)
+
+    async def _until_recorded(self, failure: CheckpointError) -> None:
+        """Try the checkpoint again, with backoff, as often as a failed request, while no batch
+        goes out; return once it records what waits. Raises CheckpointError when it never
+        did, or when told to stop meanwhile."""
+        ctx, journal = self._ctx, self._journal
+        backoff = ctx.retry.backoff
+        for attempt in range(ctx.retry.max_retries):
+            delay = min(backoff.cap_s, backoff.base_s * 2**attempt)
+            log.warning(
+                "%s; %d acknowledged batches wait to be recorded, and no batch goes out "
+                "until they are; trying again in %.1fs",
+                failure,
+                len(journal.unrecorded),
+                delay,
+            )
+            await first_done(asyncio.sleep(delay), ctx.stop)
+            if ctx.stop.is_set():
+                break
+            try:
+                journal.flush()
+            except CheckpointError as exc:
+                failure = exc
+                continue
+            log.warning("the checkpoint takes writes again; sending goes on")
+            return
+        raise failure
 
     async def _after_replace(self, why: str) -> None:
         """Wait until the audience is out of replace_in_progress, then add the rest."""

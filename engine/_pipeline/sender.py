@@ -222,8 +222,9 @@ class Sender:
     def _acknowledged(
         self, batch: Batch, payload: Payload, body: dict[str, Any], last: bool
     ) -> None:
-        self._journal.acknowledged(batch, payload, body, last=last)
+        # Counted first: the API has it, even if the checkpoint then fails to record it.
         self._tally.acknowledged(batch.rows, body, self._session_id)
+        self._journal.acknowledged(batch, payload, body, last=last)
 
     def _unless_stopping(self, batch: Batch) -> None:
         """A failed request is not tried again once the job is told to stop: a retry is no

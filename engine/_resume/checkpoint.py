@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .._errors import ConfigError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS job (
@@ -71,6 +75,49 @@ class BatchRecord:
     num_invalid: int | None
 
 
+Acknowledgement = tuple[BatchRecord, bool]
+"""An acknowledged batch and whether it closed its session (it went with the last flag)."""
+
+_REPORT_FIELDS = ("batch", "session_id", "rows", "digest", "num_received", "num_invalid")
+
+
+def ack_to_report(ack: Acknowledgement) -> dict[str, Any]:
+    """An acknowledgement as a report lists it (numbers and a digest of hashes, no identifier)."""
+    record, last = ack
+    return {**{name: getattr(record, name) for name in _REPORT_FIELDS}, "last": last}
+
+
+def acks_from_report(items: object) -> list[Acknowledgement]:
+    """A report's `unrecorded_batches` back as acknowledgements; ConfigError when malformed
+    (a report is input like any other)."""
+
+    def whole(value: object, low: int, optional: bool = False) -> bool:
+        if optional and value is None:
+            return True
+        return type(value) is int and low <= value < 2**63
+
+    if not isinstance(items, list | tuple):
+        raise ConfigError("unrecorded_batches must be a list")
+    acks = []
+    for n, item in enumerate(items, 1):
+        ok = isinstance(item, Mapping) and set(item) == {*_REPORT_FIELDS, "last"}
+        if not (
+            ok
+            and whole(item["batch"], 1)
+            and whole(item["session_id"], 1)
+            and whole(item["rows"], 0)
+            and whole(item["num_received"], 0, optional=True)
+            and whole(item["num_invalid"], 0, optional=True)
+            and isinstance(item["digest"], str)
+            and re.fullmatch(r"[0-9a-f]{32}", item["digest"])
+            and isinstance(item["last"], bool)
+        ):
+            raise ConfigError(f"unrecorded_batches: item {n} is not an acknowledged batch")
+        record = BatchRecord(*(item[name] for name in _REPORT_FIELDS))
+        acks.append((record, item["last"]))
+    return acks
+
+
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     """Everything a checkpoint holds."""
@@ -102,14 +149,31 @@ def batch_digest(*payload: bytes) -> str:
     return digest.hexdigest()[:32]
 
 
+def private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents readable by this user only; existing ones are
+    left as they are (they are the user's)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+
 def open_state_db(path: Path, schema: str, synchronous: str) -> sqlite3.Connection:
     """A local state file (checkpoint, job table): autocommit, WAL so a kill at any instant
     leaves it consistent, readable by this user only, with `schema` in place."""
+    # SQLite gives the -wal and -shm files the database file's mode: make it 0600 before
+    # SQLite first opens it, so none of the three is ever readable by others.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for stale in (Path(f"{path}-wal"), Path(f"{path}-shm")):  # left by an older version
+        if stale.exists():
+            os.chmod(stale, 0o600)
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
     db.executescript(schema)
-    os.chmod(path, 0o600)
     return db
 
 
@@ -118,7 +182,7 @@ class Checkpoint:
 
     def __init__(self, path: str | os.PathLike[str], clock: Any = time.time) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.path.parent)
         self._clock = clock
         # NORMAL loses at most the last transactions on power loss, never consistency;
         # a lost acknowledgement only means that batch is sent again, which is allowed.
@@ -202,27 +266,29 @@ class Checkpoint:
             ).fetchone()
         return float(row[0])
 
-    def acknowledged(self, record: BatchRecord, *, closes_session: bool = False) -> None:
-        """Record an acknowledged batch; the session's last batch closes it."""
+    def acknowledged(self, acks: Sequence[Acknowledgement]) -> None:
+        """Record acknowledged batches (each with whether it closes its session) in one
+        transaction; with none, a write that shows the file takes writes."""
         now = self._clock()
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT OR REPLACE INTO batch VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.batch,
-                    record.session_id,
-                    record.rows,
-                    record.digest,
-                    record.num_received,
-                    record.num_invalid,
-                    now,
-                ),
-            )
-            if closes_session:
+            for record, closes_session in acks:
                 self._db.execute(
-                    "UPDATE session SET closed = 1 WHERE session_id = ?", (record.session_id,)
+                    "INSERT OR REPLACE INTO batch VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.batch,
+                        record.session_id,
+                        record.rows,
+                        record.digest,
+                        record.num_received,
+                        record.num_invalid,
+                        now,
+                    ),
                 )
+                if closes_session:
+                    self._db.execute(
+                        "UPDATE session SET closed = 1 WHERE session_id = ?", (record.session_id,)
+                    )
             self._db.execute("UPDATE job SET updated_at = ?", (now,))
 
     def finish(self, state: str, retries: int, throttled: int) -> None:

@@ -11,13 +11,24 @@ resumed job sends every batch with the same `batch_seq` as before (SPEC section 
 from __future__ import annotations
 
 import bisect
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
+from .._errors import CheckpointError
 from .._pipeline.batcher import Batch
-from .checkpoint import BatchRecord, Checkpoint, JobRecord, SessionRecord, batch_digest
+from .checkpoint import (
+    Acknowledgement,
+    BatchRecord,
+    Checkpoint,
+    JobRecord,
+    SessionRecord,
+    batch_digest,
+)
+
+T = TypeVar("T")
 
 # Meta discards batches that arrive 90 minutes after a session's first batch.
 
@@ -42,6 +53,9 @@ class Journal:
         self.throttled = record.throttled if record else 0
         # What this process did to the job's sessions, in words, for the report.
         self.notes: list[str] = []
+        # Acknowledgements the checkpoint failed to record: kept here, and written first by
+        # every later write, so a checkpoint that takes writes again gets them all.
+        self.unrecorded: dict[int, Acknowledgement] = {}
 
     @property
     def current(self) -> SessionRecord:
@@ -53,19 +67,17 @@ class Journal:
         while first in self.acked:
             first += 1
         record = SessionRecord(session_id, mode, first, None, False)
+        self._write(lambda c: c.add_session(session_id, mode, first))
         self.sessions.append(record)
-        if self._checkpoint is not None:
-            self._checkpoint.add_session(session_id, mode, first)
         return record
 
     def start_over(self, session_id: int, mode: str) -> SessionRecord:
         """Forget every acknowledged batch and start a session for all of them (a replace
         that Meta failed runs again from batch 1). The sessions before stay on record."""
         record = SessionRecord(session_id, mode, 1, None, False)
+        self._write(lambda c: c.start_over(session_id, mode))
         self.sessions.append(record)
         self.acked.clear()
-        if self._checkpoint is not None:
-            self._checkpoint.start_over(session_id, mode)
         return record
 
     def first_acknowledged(self) -> bool:
@@ -99,11 +111,8 @@ class Journal:
         """Note that the current session's first batch is going out; returns when it did."""
         session = self.current
         if session.started_at is None:
-            now = (
-                self._checkpoint.session_started(session.session_id)
-                if self._checkpoint is not None
-                else self._clock()
-            )
+            written = self._write(lambda c: c.session_started(session.session_id))
+            now = self._clock() if written is None else written
             self.sessions[-1] = session = replace(session, started_at=now)
         assert session.started_at is not None
         return session.started_at
@@ -112,7 +121,9 @@ class Journal:
         self, batch: Batch, payload: Sequence[bytes], body: dict[str, Any], *, last: bool
     ) -> None:
         """Record an acknowledged batch; `payload` is its payload field (in parts), whose
-        digest a resumed run checks the batch against (only a checkpoint needs it)."""
+        digest a resumed run checks the batch against (only a checkpoint needs it).
+        Raises CheckpointError when the checkpoint cannot record it: it stays acknowledged
+        here, and in `unrecorded` until a later write records it."""
         received, invalid = body.get("num_received"), body.get("num_invalid_entries")
         record = BatchRecord(
             batch.index,
@@ -126,9 +137,30 @@ class Journal:
         if last:
             self.sessions[-1] = replace(self.current, closed=True)
         if self._checkpoint is not None:
-            self._checkpoint.acknowledged(record, closes_session=last)
+            self.unrecorded[batch.index] = (record, last)
+            self.flush()
 
     def finish(self, state: str, retries: int, throttled: int) -> None:
         """Record the job's state and its retry and throttle counts over every run so far."""
-        if self._checkpoint is not None:
-            self._checkpoint.finish(state, retries, throttled)
+        self._write(lambda c: c.finish(state, retries, throttled))
+
+    def flush(self) -> None:
+        """Record the acknowledgements still unrecorded; with none, write all the same, to
+        learn whether the checkpoint takes writes. Raises CheckpointError."""
+        self._write(None)
+
+    def _write(self, then: Callable[[Checkpoint], T] | None) -> T | None:
+        """Record the unrecorded acknowledgements, then do `then` on the checkpoint (with
+        none: nothing). CheckpointError, naming the file and SQLite's reason, if either fails."""
+        checkpoint = self._checkpoint
+        if checkpoint is None:
+            return None
+        try:
+            if self.unrecorded or then is None:
+                checkpoint.acknowledged(list(self.unrecorded.values()))
+                self.unrecorded.clear()
+            return None if then is None else then(checkpoint)
+        except (sqlite3.Error, OSError) as exc:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path} cannot be written ({exc})"
+            ) from None
