@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 # Send times kept at most; older ones are dropped in halves (a window this full is long).
 _KEEP = 1 << 18
+# Once the window's bounds are this close, calls are timed to the upper one without tests.
+_NARROW = 1.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +89,13 @@ class QuotaState:
     grants: list[float] = field(default_factory=list)
     base: int = 0
     window_s: float = math.inf
+    window_lo: float = 0.0
     cap_lo: float = 0.0
     cap_hi: float = math.inf
     last: Reading | None = None
     stretch: Reading | None = None
     pause_until: float = -math.inf
-    probe_s: float = 0.0
+    streak: int = 0
     in_flight: int = 0
     jitter_s: float = 0.0
     rtt_lo: float = math.inf
@@ -108,7 +111,7 @@ class QuotaController:
 
     def __init__(self, config: QuotaConfig | None = None, state: QuotaState | None = None):
         self.config = config or QuotaConfig()
-        self.state = state or QuotaState(probe_s=self.config.first_probe_s)
+        self.state = state or QuotaState()
 
     # ---- pace -------------------------------------------------------------------------
 
@@ -119,17 +122,23 @@ class QuotaController:
         if cfg.max_rate is not None and s.grants:
             t = max(t, s.grants[-1] + 1 / cfg.max_rate)
         last = s.last
-        if last is None or s.cap_lo <= 0:
-            return t if s.in_flight == 0 else math.inf  # one call at a time until a slope
+        if last is None:
+            return t if s.in_flight == 0 else math.inf  # one call until the first reading
         room = self._room(last)
         if room + self._departed(last, t) >= 1:
             return t
-        due = self._departure(last, math.ceil(1 - room - 1e-9))
-        if due is not None:
-            return max(t, due)
-        if s.in_flight:
-            return math.inf
-        return max(t, (s.grants[-1] if s.grants else now) + s.probe_s)
+        due = self._departure(last, math.ceil(1 - room - 1e-9), s.window_s)
+        if s.in_flight == 0 and s.window_s > _NARROW * s.window_lo:
+            # Nothing under way to learn from: one call tests a shorter window, at the
+            # middle of what is known, or at twice the longest seen without a bound.
+            guess = (
+                (s.window_lo + s.window_s) / 2
+                if math.isfinite(s.window_s)
+                else 2 * max(s.window_lo, self.config.first_probe_s)
+            )
+            probe = self._departure(last, 1, guess)
+            due = probe if due is None or probe is None else min(due, probe)
+        return math.inf if due is None else max(t, due)
 
     def _cap(self) -> int:
         """The cap to pace to: the least whole number of calls the bounds allow."""
@@ -146,8 +155,12 @@ class QuotaController:
 
     def _oldest_counted(self, last: Reading) -> int:
         """Where in `grants` the oldest call of ours the latest reading may count is: the
-        window holds no more of our calls than it holds calls."""
-        return max(0, last.index - self.state.base - self._counted(last) + 1)
+        window holds no more of our calls than it holds calls, and none older than itself."""
+        s = self.state
+        newest = last.index - s.base - self._counted(last) + 1
+        if math.isinf(s.window_s):
+            return max(0, newest)
+        return max(newest, bisect.bisect_right(s.grants, last.at - s.window_s - s.jitter_s))
 
     def _departed(self, last: Reading, t: float) -> int:
         """Our calls counted at the latest reading that have left the window by `t`."""
@@ -159,14 +172,14 @@ class QuotaController:
         end = min(bisect.bisect_right(s.grants, t - w), last.index - s.base + 1)
         return max(0, end - first)
 
-    def _departure(self, last: Reading, need: int) -> float | None:
-        """When the `need`-th of our calls counted at the latest reading leaves the window."""
+    def _departure(self, last: Reading, need: int, window: float) -> float | None:
+        """When the `need`-th of our calls counted at the latest reading leaves a window of
+        length `window`; None if the window is unknown or our calls cannot make the room."""
         s = self.state
-        w = s.window_s + s.jitter_s
         i = self._oldest_counted(last) + need - 1
-        if not math.isfinite(w) or i > last.index - s.base:
+        if not math.isfinite(window) or i > last.index - s.base:
             return None
-        return s.grants[i] + w
+        return s.grants[i] + window + s.jitter_s
 
     # ---- observe ----------------------------------------------------------------------
 
@@ -191,7 +204,7 @@ class QuotaController:
         reading = self._reading(now, usage, ticket)
         if reading is None:
             return
-        s.probe_s = self.config.first_probe_s
+        s.streak = 0
         self._learn_cap(reading)
         self._learn_window(reading)
         if s.last is None or reading.index >= s.last.index:
@@ -207,21 +220,16 @@ class QuotaController:
         reading = self._reading(now, usage, ticket) or self._reading(now, Usage(100.0), ticket)
         assert reading is not None  # a throttled call was sent
         reading.pct = max(reading.pct, 100.0)
-        # The quota was fuller than believed: the cap is lower, or our window too short.
-        known = s.cap_lo > 0
-        if known and math.isfinite(s.window_s):
-            s.window_s *= 1.25
         s.stretch = None
+        self._learn_window(reading, throttled=True)
         if s.last is None or reading.index >= s.last.index:
             s.last = reading
         regain = usage.regain_min if usage is not None else None
-        wait = 0.0
-        if regain:
-            # Whole minutes, likely rounded up: room may come back up to a minute sooner.
-            wait = max(0.0, regain - 1) * cfg.minute_s
-        if self._departure(reading, 1) is None:
-            wait = max(wait, s.probe_s)
-            s.probe_s = min(2 * s.probe_s, cfg.max_pause_s)
+        # Whole minutes, likely rounded up: room may come back up to a minute sooner. Each
+        # throttle in a row doubles a floor under the wait, in case the model is wrong.
+        wait = max(0.0, (regain or 0) - 1) * cfg.minute_s
+        wait = max(wait, cfg.first_probe_s * 2.0 ** min(s.streak, 60))
+        s.streak += 1
         s.pause_until = max(s.pause_until, now + min(wait, cfg.max_pause_s))
         return max(0.0, s.pause_until - now)
 
@@ -243,8 +251,22 @@ class QuotaController:
         """Usage rising by dp percent over k calls of ours puts the cap near 100 k / dp."""
         s = self.state
         ref = s.stretch
-        if ref is None or r.index <= ref.index or r.pct < ref.pct or r.pct >= 100:
-            if ref is None or r.pct < ref.pct or r.pct >= 100:
+        if s.cap_lo <= 0 and math.isinf(s.cap_hi) and r.pct < 100:
+            # The first figure: this call alone puts the cap above 100 / (pct + 1) whoever
+            # else spends; on an account no one else used, it is also below 100 / (pct - 1).
+            # A later run of rising usage that disagrees replaces both.
+            s.cap_lo = 100 / (r.pct + 1)
+            s.cap_hi = 100 / (r.pct - 1) if r.pct > 1 else math.inf
+        elif s.cap_lo <= 0 and math.isinf(s.cap_hi):
+            s.cap_lo, s.cap_hi = 100 / (r.pct + 1), 100 / (r.pct - 1)
+        if (
+            ref is None
+            or r.index <= ref.index
+            or r.pct < ref.pct
+            or r.pct >= 100
+            or self._shed_since(ref, r.at)
+        ):
+            if ref is None or r.index > ref.index:
                 s.stretch = r if r.pct < 100 else None
             return
         k, dp = r.index - ref.index, r.pct - ref.pct
@@ -255,16 +277,35 @@ class QuotaController:
         else:
             s.cap_lo, s.cap_hi = max(s.cap_lo, lo), min(s.cap_hi, hi)
 
-    def _learn_window(self, r: Reading) -> None:
-        """A reading counting fewer calls than we sent recently shows the window shed some:
-        the window is at most the age of the newest of ours it cannot be holding."""
+    def _shed_since(self, ref: Reading, t: float) -> bool:
+        """Whether a call of ours in the window at `ref` may have left it by `t`: usage
+        compared across that span no longer tells the cap."""
         s = self.state
-        if not math.isfinite(s.cap_hi):
-            return
-        most = math.ceil((r.pct + 1) * s.cap_hi / 100 - 1e-9) - 1  # calls it may be holding
-        gone = r.index - max(most, 0)  # the newest call of ours that must have left
-        if most < 0 or gone < s.base:
-            return
-        bound = r.at - s.grants[gone - s.base]
-        if bound > 0:
-            s.window_s = min(s.window_s, bound)
+        if math.isinf(s.window_s):
+            return False  # nothing of ours has been seen to leave yet
+        first = bisect.bisect_right(s.grants, ref.at - s.window_s - s.jitter_s)
+        return first <= ref.index - s.base and s.grants[first] + s.window_lo < t
+
+    def _learn_window(self, r: Reading, throttled: bool = False) -> None:
+        """Bound the window by what a reading counts.
+
+        Counting fewer calls than we sent recently, the window shed some: it is at most the
+        age of the newest of ours it cannot be holding (true whoever else spends). Counting
+        at least our last c calls, it holds them all if no one else spends: it is longer than
+        the oldest of them is old. The second bound only times a test of a shorter window
+        (a wrong one costs waiting, not throttles), so it never exceeds the first."""
+        s = self.state
+        i = r.index - s.base
+        if math.isfinite(s.cap_hi):
+            most = math.ceil((r.pct + 1) * s.cap_hi / 100 - 1e-9) - 1  # calls it may hold
+            gone = i - max(most, 0)  # the newest call of ours that must have left
+            if most >= 0 and gone >= 0 and (bound := r.at - s.grants[gone]) > 0:
+                s.window_s = min(s.window_s, bound)
+        least = min(math.floor(r.pct * max(s.cap_lo, 1.0) / 100 + 1e-9), i + 1)
+        if least >= 1:
+            s.window_lo = max(s.window_lo, r.at - s.grants[i - least + 1])
+        if s.window_lo > s.window_s:
+            if throttled:
+                s.window_s = math.inf  # calls do not leave as a window's would: learn again
+            else:
+                s.window_lo = s.window_s
