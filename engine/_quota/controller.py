@@ -284,7 +284,7 @@ class QuotaController:
         if math.isinf(s.window_s):
             return False  # nothing of ours has been seen to leave yet
         first = bisect.bisect_right(s.grants, ref.at - s.window_s - s.jitter_s)
-        return first <= ref.index - s.base and s.grants[first] + s.window_lo < t
+        return first <= ref.index - s.base and s.grants[first] + s.window_lo <= t + 1e-9
 
     def _learn_window(self, r: Reading, throttled: bool = False) -> None:
         """Bound the window by what a reading counts.
