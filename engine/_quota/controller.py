@@ -96,6 +96,7 @@ class QuotaState:
     stretch: Reading | None = None
     pause_until: float = -math.inf
     streak: int = 0
+    throttled_at: float = -math.inf
     in_flight: int = 0
     jitter_s: float = 0.0
     rtt_lo: float = math.inf
@@ -138,6 +139,11 @@ class QuotaController:
             )
             probe = self._departure(last, 1, guess)
             due = probe if due is None or probe is None else min(due, probe)
+        if due is None and s.in_flight == 0:
+            # Others' calls fill the window, which ours cannot time: by a window from the
+            # latest reading all of them have left.
+            span = s.window_s if math.isfinite(s.window_s) else 2 * s.window_lo
+            due = last.at + max(span, self.config.first_probe_s)
         return math.inf if due is None else max(t, due)
 
     def _cap(self) -> int:
@@ -229,7 +235,9 @@ class QuotaController:
         # throttle in a row doubles a floor under the wait, in case the model is wrong.
         wait = max(0.0, (regain or 0) - 1) * cfg.minute_s
         wait = max(wait, cfg.first_probe_s * 2.0 ** min(s.streak, 60))
-        s.streak += 1
+        if reading.at > s.throttled_at:  # calls sent before the last throttle add no step
+            s.streak += 1
+            s.throttled_at = now
         s.pause_until = max(s.pause_until, now + min(wait, cfg.max_pause_s))
         return max(0.0, s.pause_until - now)
 
