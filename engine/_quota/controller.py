@@ -281,7 +281,8 @@ class QuotaController:
         lo = 100 * k / (dp + 1)  # each reading is within a percent of the truth
         hi = 100 * k / (dp - 1) if dp > 1 else math.inf
         if lo >= s.cap_hi or hi <= s.cap_lo:
-            s.cap_lo, s.cap_hi = lo, hi  # the cap changed: start over from this run
+            # The cap changed: start over from this run, and from what the old cap implied.
+            s.cap_lo, s.cap_hi, s.window_lo = lo, hi, 0.0
         else:
             s.cap_lo, s.cap_hi = max(s.cap_lo, lo), min(s.cap_hi, hi)
 
