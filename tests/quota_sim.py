@@ -113,9 +113,8 @@ def simulate(
                 job.throttled += 1
                 if sent_at.pop(sent) >= count_from:
                     throttled += 1
-        elif kind == "wake":
-            if now == wake_at:
-                wake_at = math.inf
+        elif kind == "wake" and now == wake_at:
+            wake_at = math.inf
         for i, job in enumerate(jobs):
             if i not in queue and now >= job.start and _wants(job):
                 queue.append(i)

@@ -50,6 +50,8 @@ class QuotaConfig:
     `max_rate` is a user's own ceiling in calls per second (None: the quota's). `minute_s` is
     how many seconds of the caller's clock one minute of Meta's regain estimate lasts: 60,
     except against a fake whose clock runs faster. `max_pause_s` bounds one pause.
+    `first_probe_s` is the first wait of a throttle streak (it doubles per episode) and the
+    shortest window tried before any is known.
     """
 
     max_rate: float | None = None
@@ -79,11 +81,13 @@ class QuotaState:
     """Everything the controller knows; small and explicit so it can live elsewhere (Redis).
 
     `grants` are our send times, oldest first, `base` the number of the first one kept.
-    `window_s` is the window's length at most (inf until a reading shows a call of ours has
-    left it); `cap_lo` < cap <= `cap_hi` bound the calls a window holds. `last` is the latest
-    reading, `stretch` the first reading of the current run of rising usage (the cap is
-    learned over it). `pause_until` holds every call back; `probe_s` is the wait before a
-    call that nothing predicts room for.
+    `window_lo` < window <= `window_s` bound the window's length (`window_s` is inf until a
+    reading shows a call of ours has left it; `window_lo` assumes no one else spends, and only
+    times tests of a shorter window). `cap_lo` < cap <= `cap_hi` bound the calls a window
+    holds. `last` is the latest reading; `stretch` the first reading of the current run of
+    rising usage, over which the cap is learned. `pause_until` holds every call back;
+    `streak` counts throttle episodes in a row, the latest at `throttled_at`. `in_flight` and
+    the round-trip spread `jitter_s` (from `rtt_lo`, `rtt_hi`) are this process's own.
     """
 
     grants: list[float] = field(default_factory=list)
@@ -234,10 +238,10 @@ class QuotaController:
         # Whole minutes, likely rounded up: room may come back up to a minute sooner. Each
         # throttle in a row doubles a floor under the wait, in case the model is wrong.
         wait = max(0.0, (regain or 0) - 1) * cfg.minute_s
-        wait = max(wait, cfg.first_probe_s * 2.0 ** min(s.streak, 60))
         if reading.at > s.throttled_at:  # calls sent before the last throttle add no step
             s.streak += 1
             s.throttled_at = now
+        wait = max(wait, cfg.first_probe_s * 2.0 ** min(s.streak - 1, 60))
         s.pause_until = max(s.pause_until, now + min(wait, cfg.max_pause_s))
         return max(0.0, s.pause_until - now)
 

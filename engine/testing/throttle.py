@@ -104,10 +104,10 @@ class _Base:
             }
             headers = {BUC_HEADER: json.dumps({self.account: [entry]})}
         elif self.kind is HeaderKind.APP:
-            body = {"call_count": pct, "total_time": pct, "total_cputime": pct}
-            headers = {APP_HEADER: json.dumps(body)}
+            counts = {"call_count": pct, "total_time": pct, "total_cputime": pct}
+            headers = {APP_HEADER: json.dumps(counts)}
         else:
-            body = {
+            body: dict[str, object] = {
                 "acc_id_util_pct": round(pct_exact, 2),
                 "reset_time_duration": math.ceil(wait_model_s),
                 "ads_api_access_tier": "standard_access",
@@ -234,25 +234,30 @@ class TokenBucket(_Base):
 ThrottleModel = SlidingWindow | FixedWindow | TokenBucket
 
 
-def sliding(rate: float, window_s: float, time_scale: float = 1.0, **kw: object) -> SlidingWindow:
-    """A sliding window holding `rate` calls per second of the caller's clock."""
+def sliding(
+    rate: float, window_s: float, time_scale: float = 1.0, kind: HeaderKind = HeaderKind.BUC
+) -> SlidingWindow:
+    """A sliding window of `window_s` model seconds holding `rate` calls per second of the
+    caller's clock."""
     limit = max(1, round(rate * window_s / time_scale))
-    return SlidingWindow(limit=limit, window_s=window_s, time_scale=time_scale, **kw)  # type: ignore[arg-type]
+    return SlidingWindow(time_scale=time_scale, kind=kind, limit=limit, window_s=window_s)
 
 
-def fixed(rate: float, window_s: float, time_scale: float = 1.0, **kw: object) -> FixedWindow:
-    """A fixed window holding `rate` calls per second of the caller's clock."""
+def fixed(
+    rate: float, window_s: float, time_scale: float = 1.0, kind: HeaderKind = HeaderKind.BUC
+) -> FixedWindow:
+    """A fixed window of `window_s` model seconds holding `rate` calls per second of the
+    caller's clock."""
     limit = max(1, round(rate * window_s / time_scale))
-    return FixedWindow(limit=limit, window_s=window_s, time_scale=time_scale, **kw)  # type: ignore[arg-type]
+    return FixedWindow(time_scale=time_scale, kind=kind, limit=limit, window_s=window_s)
 
 
-def bucket(rate: float, burst_s: float = 1.0, time_scale: float = 1.0, **kw: object) -> TokenBucket:
-    """A token bucket refilling `rate` calls per second of the caller's clock, holding
-    `burst_s` seconds' worth (at least one call)."""
+def bucket(
+    rate: float, burst_s: float = 1.0, time_scale: float = 1.0, kind: HeaderKind = HeaderKind.BUC
+) -> TokenBucket:
+    """A token bucket refilling `rate` calls per second of the caller's clock and holding
+    `burst_s` seconds' worth of them (at least one call)."""
     capacity = max(1, round(rate * burst_s))
     return TokenBucket(
-        capacity=capacity,
-        refill_per_s=rate / time_scale,
-        time_scale=time_scale,
-        **kw,  # type: ignore[arg-type]
+        time_scale=time_scale, kind=kind, capacity=capacity, refill_per_s=rate / time_scale
     )

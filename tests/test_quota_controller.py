@@ -1,0 +1,145 @@
+"""The quota controller on virtual time: unit steps, then whole runs against the throttle
+models in the discrete-event simulator (same defaults in every cell)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+
+from engine._quota import QuotaConfig, QuotaController, Usage
+from engine.testing import throttle as th
+from tests.quota_sim import Job, simulate
+
+
+def test_one_call_goes_at_first_then_none_until_its_reply() -> None:
+    c = QuotaController()
+    assert c.next_send_at(3.0) == 3.0
+    c.on_send(3.0)
+    assert c.next_send_at(3.0) == math.inf
+
+
+def test_the_cap_is_learned_from_usage_rising_per_call_and_the_window_filled_exactly() -> None:
+    c = QuotaController()
+    t0 = c.on_send(0.0)
+    c.on_reply(0.05, Usage(20), t0)  # one call is 20%: 5 calls a window, if no one else spends
+    sent = [c.on_send(0.05)]
+    c.on_reply(0.1, Usage(40), sent[0])
+    while c.next_send_at(0.1) == 0.1:
+        sent.append(c.on_send(0.1))
+    assert len(sent) == 4  # the window holds 5: no more than 5 go before any leaves
+    assert (c.state.cap_lo, c.state.cap_hi) == pytest.approx((100 / 21, 100 / 19))
+
+
+def test_the_next_call_goes_when_our_oldest_leaves_a_known_window() -> None:
+    c = QuotaController()
+    c.state.window_s, c.state.window_lo = 1.0, 1.0  # known: a 1 s window of 5 calls
+    c.state.cap_lo, c.state.cap_hi = 4.9, 5.1
+    tickets = [c.on_send(t) for t in (0.0, 0.1, 0.2, 0.3, 0.4)]
+    for ticket, pct in zip(tickets, (20, 40, 60, 80, 100), strict=True):
+        c.on_reply(0.5, Usage(pct), ticket)
+    assert c.next_send_at(0.5) == pytest.approx(1.0 + c.state.jitter_s)
+
+
+def test_an_80003_with_a_regain_estimate_pauses_until_a_minute_before_it() -> None:
+    c = QuotaController(QuotaConfig(minute_s=60.0))
+    t = c.on_send(0.0)
+    wait = c.on_throttle(0.1, Usage(104, regain_min=12), 80003, t)
+    assert wait == pytest.approx(11 * 60 - 0.0)  # whole minutes, rounded up by Meta
+    assert c.next_send_at(1.0) >= 0.1 + 11 * 60
+
+
+def test_a_burst_of_throttles_is_one_episode() -> None:
+    c = QuotaController()
+    tickets = [c.on_send(0.0) for _ in range(8)]
+    waits = [c.on_throttle(0.05, Usage(150), 80003, t) for t in tickets]
+    assert max(waits) == pytest.approx(c.config.first_probe_s)
+
+
+Shape = Callable[[float], th.ThrottleModel]
+
+# (shape, seconds of one minute of the regain estimate, run length in seconds)
+SHAPES: dict[str, tuple[Shape, float, float]] = {
+    "sliding 1s": (lambda r: th.sliding(r, 1.0), 60.0, 300.0),
+    "sliding 10s": (lambda r: th.sliding(r, 10.0), 60.0, 600.0),
+    "sliding 60s": (lambda r: th.sliding(r, 60.0), 60.0, 1800.0),
+    "sliding 1h scaled": (lambda r: th.sliding(r, 3600.0, time_scale=120.0), 0.5, 900.0),
+    "fixed 1h scaled": (lambda r: th.fixed(r, 3600.0, time_scale=120.0), 0.5, 900.0),
+    "token bucket 1s": (lambda r: th.bucket(r, 1.0), 60.0, 300.0),
+}
+# Cells that miss the aim today, and why (see docs/quota.md, "Limits").
+MISSES = {
+    ("sliding 1h scaled", 5): "a refill burst overshoots while the cap is relearned: 4% throttled",
+    ("fixed 1h scaled", 1): "one throttle per window at the boundary, 3% of 30 calls",
+    ("fixed 1h scaled", 5): "calls timed to a rolling window run into the unreset one",
+    ("fixed 1h scaled", 20): "calls timed to a rolling window run into the unreset one",
+    ("token bucket 1s", 1): "a bucket refills one call at a time: no window to learn",
+    ("token bucket 1s", 5): "a bucket refills one call at a time: no window to learn",
+    ("token bucket 1s", 20): "a bucket refills one call at a time: no window to learn",
+}
+CELLS = [
+    pytest.param(
+        name,
+        rate,
+        id=f"{name}-{rate}/s",
+        marks=[pytest.mark.xfail(reason=MISSES[name, rate], strict=True)]
+        if (name, rate) in MISSES
+        else [],
+    )
+    for name in SHAPES
+    for rate in (1, 5, 20)
+]
+
+
+@pytest.mark.parametrize(("name", "rate"), CELLS)
+def test_goodput_at_least_90_percent_and_at_most_2_percent_throttled(name: str, rate: int) -> None:
+    shape, minute_s, duration = SHAPES[name]
+    c = QuotaController(QuotaConfig(minute_s=minute_s))
+    result = simulate(c, shape(rate), duration, latency=0.05, jobs=[Job(concurrency=32)])
+    assert result.goodput >= 0.90
+    assert result.throttled_share <= 0.02
+
+
+@pytest.mark.parametrize(("before", "after"), [(5, 20), (20, 5)])
+def test_a_cap_changed_mid_run_is_relearned(before: int, after: int) -> None:
+    model = th.sliding(before, 10.0)
+    c = QuotaController()
+
+    def tier_change() -> None:
+        model.limit = after * 10
+
+    result = simulate(c, model, 600.0, events={200.0: tier_change}, count_from=300.0)
+    assert result.admitted >= 0.9 * after * 300
+    assert result.throttled_share <= 0.02
+
+
+@pytest.mark.parametrize(
+    ("shape", "minute_s"),
+    [(th.sliding(5, 60.0), 60.0), (th.sliding(5, 3600.0, time_scale=120.0), 0.5)],
+    ids=["sliding 60s", "sliding 1h scaled"],
+)
+def test_an_account_half_spent_before_the_first_call(
+    shape: th.SlidingWindow, minute_s: float
+) -> None:
+    shape.spend(-shape.window_s / shape.time_scale / 3, shape.limit // 2)
+    c = QuotaController(QuotaConfig(minute_s=minute_s))
+    result = simulate(c, shape, 900.0)
+    assert result.goodput >= 0.90
+    assert result.throttled_share <= 0.02
+
+
+def test_two_jobs_sharing_the_account_get_fair_shares() -> None:
+    jobs = [Job(), Job(start=100.0)]
+    result = simulate(QuotaController(), th.sliding(5, 10.0), 400.0, jobs=jobs, count_from=100.0)
+    first_share = (jobs[0].admitted - 5 * 100) / (5 * 300)  # it ran alone for 100 s
+    second_share = jobs[1].admitted / (5 * 300)
+    assert first_share >= 0.4 and second_share >= 0.4
+    assert result.throttled_share <= 0.02
+
+
+def test_a_small_job_is_not_starved_by_a_big_one() -> None:
+    small = Job(calls=50, start=100.0)
+    simulate(QuotaController(), th.sliding(5, 10.0), 400.0, jobs=[Job(), small])
+    # Half of 5 calls/s: 50 calls in about 20 s, plus the wait for the window to free room.
+    assert small.done_at is not None and small.done_at - small.start <= 35.0
