@@ -101,6 +101,7 @@ class QuotaState:
     pause_until: float = -math.inf
     streak: int = 0
     throttled_at: float = -math.inf
+    resets: bool = False
     in_flight: int = 0
     jitter_s: float = 0.0
     rtt_lo: float = math.inf
@@ -313,10 +314,16 @@ class QuotaController:
             most = math.ceil((r.pct + 1) * s.cap_hi / 100 - 1e-9) - 1  # calls it may hold
             gone = i - max(most, 0)  # the newest call of ours that must have left
             if most >= 0 and gone >= 0 and (bound := r.at - s.grants[gone]) > 0:
-                s.window_s = min(s.window_s, bound)
+                if not throttled and bound * _NARROW < s.window_lo:
+                    s.resets = True
+                if not s.resets:
+                    s.window_s = min(s.window_s, bound)
         least = min(math.floor(r.pct * max(s.cap_lo, 1.0) / 100 + 1e-9), i + 1)
         if least >= 1:
             s.window_lo = max(s.window_lo, r.at - s.grants[i - least + 1])
+        if s.resets:
+            s.window_s = _NARROW * s.window_lo
+            return
         if s.window_lo > s.window_s:
             if throttled:
                 s.window_s = math.inf  # calls do not leave as a window's would: learn again
