@@ -295,9 +295,9 @@ class QuotaController:
         """Whether a call of ours in the window at `ref` may have left it by `t`: usage
         compared across that span no longer tells the cap."""
         s = self.state
-        if math.isinf(s.window_s):
-            return False  # nothing of ours has been seen to leave yet
-        first = bisect.bisect_right(s.grants, ref.at - s.window_s - s.jitter_s)
+        if math.isinf(s.window_s) and s.window_lo <= 0:
+            return False  # nothing is known of the window yet
+        first = self._oldest_counted(ref)
         return first <= ref.index - s.base and s.grants[first] + s.window_lo <= t + 1e-9
 
     def _learn_window(self, r: Reading, throttled: bool = False) -> None:
