@@ -70,8 +70,6 @@ SHAPES: dict[str, tuple[Shape, float, float]] = {
 }
 # Cells that miss the aim today, and why (see docs/quota.md, "Limits").
 MISSES = {
-    ("fixed 1h scaled", 1): "one throttle per window at the boundary, 3% of 30 calls",
-    ("fixed 1h scaled", 5): "calls timed to a rolling window run into the unreset one",
     ("token bucket 1s", 1): "a bucket refills one call at a time: no window to learn",
     ("token bucket 1s", 5): "a bucket refills one call at a time: no window to learn",
     ("token bucket 1s", 20): "a bucket refills one call at a time: no window to learn",

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 _KEEP = 1 << 18
 # Once the window's bounds are this close, calls are timed to the upper one without tests.
 _NARROW = 1.05
+# A call is taken to leave a hair after the window: the quota's clock rounds too.
+_EDGE = 1 + 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class QuotaState:
     last: Reading | None = None
     stretch: Reading | None = None
     pause_until: float = -math.inf
+    regain_at: float = -math.inf
     streak: int = 0
     throttled_at: float = -math.inf
     resets: bool = False
@@ -149,6 +152,8 @@ class QuotaController:
             # latest reading all of them have left.
             span = s.window_s if math.isfinite(s.window_s) else 2 * s.window_lo
             due = last.at + max(span, self.config.first_probe_s)
+        if s.in_flight == 0 and s.regain_at >= t and (due is None or due > s.regain_at):
+            due = s.regain_at  # Meta's estimate of when room comes back
         return math.inf if due is None else max(t, due)
 
     def _cap(self) -> int:
@@ -176,7 +181,7 @@ class QuotaController:
     def _departed(self, last: Reading, t: float) -> int:
         """Our calls counted at the latest reading that have left the window by `t`."""
         s = self.state
-        w = s.window_s + s.jitter_s
+        w = s.window_s * _EDGE + s.jitter_s
         if not math.isfinite(w):
             return 0
         first = self._oldest_counted(last)
@@ -190,7 +195,7 @@ class QuotaController:
         i = self._oldest_counted(last) + need - 1
         if not math.isfinite(window) or i > last.index - s.base:
             return None
-        return s.grants[i] + window + s.jitter_s
+        return s.grants[i] + window * _EDGE + s.jitter_s
 
     # ---- observe ----------------------------------------------------------------------
 
@@ -199,6 +204,7 @@ class QuotaController:
         s = self.state
         s.grants.append(now)
         s.in_flight += 1
+        s.regain_at = -math.inf  # it was for this call
         if len(s.grants) > 2 * _KEEP:
             del s.grants[:_KEEP]
             s.base += _KEEP
@@ -239,6 +245,8 @@ class QuotaController:
         # Whole minutes, likely rounded up: room may come back up to a minute sooner. Each
         # throttle in a row doubles a floor under the wait, in case the model is wrong.
         wait = max(0.0, (regain or 0) - 1) * cfg.minute_s
+        if regain is not None and reading.index >= s.last.index:
+            s.regain_at = now + regain * cfg.minute_s
         if reading.at > s.throttled_at:  # calls sent before the last throttle add no step
             s.streak += 1
             s.throttled_at = now
