@@ -39,7 +39,37 @@ def test_the_next_call_goes_when_our_oldest_leaves_a_known_window() -> None:
     tickets = [c.on_send(t) for t in (0.0, 0.1, 0.2, 0.3, 0.4)]
     for ticket, pct in zip(tickets, (20, 40, 60, 80, 100), strict=True):
         c.on_reply(0.5, Usage(pct), ticket)
-    assert c.next_send_at(0.5) == pytest.approx(1.0 + c.state.jitter_s)
+    due = c.next_send_at(0.5)
+    assert due == pytest.approx(1.0 + c.state.jitter_s)
+    assert due > 1.0 + c.state.jitter_s  # not at the very instant: the quota's clock rounds too
+
+
+def test_a_window_that_resets_is_not_taken_for_a_short_one() -> None:
+    c = QuotaController()
+    c.state.cap_lo, c.state.cap_hi = 9.5, 10.5  # 10 calls a window
+    for t in range(10):  # one a second, each counted: the window is longer than 8 s
+        c.on_reply(t + 0.05, Usage(10 * (t + 1)), c.on_send(float(t)))
+    assert c.state.window_lo == pytest.approx(8.0)
+    # At 10 only the new call counts: a rolling window would be 1 s, below what is known.
+    c.on_reply(10.05, Usage(10), c.on_send(10.0))
+    assert c.state.window_s == pytest.approx(1.05 * 8.0)
+    assert c.state.resets
+
+
+def test_after_a_throttle_the_next_call_goes_by_the_regain_estimate() -> None:
+    c = QuotaController(QuotaConfig(minute_s=0.5))  # a fake running 120 times faster
+    c.on_reply(0.05, Usage(100), c.on_send(0.0))
+    c.on_throttle(29.65, Usage(200, regain_min=1), 80003, c.on_send(29.6))
+    # The window is longer than 29.6 s and not bounded above; Meta says room in a minute.
+    assert c.next_send_at(29.7) == pytest.approx(29.65 + 0.5)
+
+
+def test_the_cap_is_not_learned_over_a_span_in_which_a_call_may_have_left() -> None:
+    c = QuotaController()
+    c.state.cap_lo, c.state.cap_hi, c.state.window_lo = 9.5, 10.5, 5.0
+    c.on_reply(0.05, Usage(10), c.on_send(0.0))
+    c.on_reply(6.05, Usage(10), c.on_send(6.0))  # the first may have left: usage tells nothing
+    assert (c.state.cap_lo, c.state.cap_hi) == (9.5, 10.5)
 
 
 def test_an_80003_with_a_regain_estimate_pauses_until_a_minute_before_it() -> None:
