@@ -4,6 +4,8 @@ Jobs (consumers) each keep up to `concurrency` requests in flight and take their
 one shared controller in arrival order (as the engine's limiter queues its waiters). A
 request reaches the model `latency / 2` after it goes and its reply comes back `latency`
 after it went.
+
+Run as a script, it prints the matrix of window shapes and caps (`python -m tests.quota_sim`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine._quota import QuotaController, Usage
+from engine._quota import QuotaConfig, QuotaController, Usage
+from engine.testing import throttle as th
 from engine.testing.throttle import BUC_HEADER, ThrottleModel, Verdict
 
 
@@ -138,3 +141,33 @@ def simulate(
 
 def _wants(job: Job) -> bool:
     return job.admitted + job.in_flight < job.calls and job.in_flight < job.concurrency
+
+
+Shape = Callable[[float], th.ThrottleModel]
+
+# (shape, seconds of one minute of the regain estimate, run length in seconds)
+SHAPES: dict[str, tuple[Shape, float, float]] = {
+    "sliding 1s": (lambda r: th.sliding(r, 1.0), 60.0, 300.0),
+    "sliding 10s": (lambda r: th.sliding(r, 10.0), 60.0, 600.0),
+    "sliding 60s": (lambda r: th.sliding(r, 60.0), 60.0, 1800.0),
+    "sliding 1h scaled": (lambda r: th.sliding(r, 3600.0, time_scale=120.0), 0.5, 900.0),
+    "fixed 1h scaled": (lambda r: th.fixed(r, 3600.0, time_scale=120.0), 0.5, 900.0),
+    "token bucket 1s": (lambda r: th.bucket(r, 1.0), 60.0, 300.0),
+}
+RATES = (1, 5, 20)
+
+
+def run_cell(name: str, rate: int) -> Result:
+    """One cell of the matrix: the controller with its defaults, 32 in flight, 50 ms away."""
+    shape, minute_s, duration = SHAPES[name]
+    c = QuotaController(QuotaConfig(minute_s=minute_s))
+    return simulate(c, shape(rate), duration, latency=0.05, jobs=[Job(concurrency=32)])
+
+
+if __name__ == "__main__":
+    print("| window \\ cap | " + " | ".join(f"{r} call/s" for r in RATES) + " |")
+    print("|---" * (len(RATES) + 1) + "|")
+    for name in SHAPES:
+        cells = [run_cell(name, r) for r in RATES]
+        row = [f"{100 * c.goodput:.1f}% / {100 * c.throttled_share:.1f}%" for c in cells]
+        print(f"| {name} | " + " | ".join(row) + " |")

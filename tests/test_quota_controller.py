@@ -4,13 +4,12 @@ models in the discrete-event simulator (same defaults in every cell)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import pytest
 
 from engine._quota import QuotaConfig, QuotaController, Usage
 from engine.testing import throttle as th
-from tests.quota_sim import Job, simulate
+from tests.quota_sim import SHAPES, Job, run_cell, simulate
 
 
 def test_one_call_goes_at_first_then_none_until_its_reply() -> None:
@@ -87,17 +86,6 @@ def test_a_burst_of_throttles_is_one_episode() -> None:
     assert max(waits) == pytest.approx(c.config.first_probe_s)
 
 
-Shape = Callable[[float], th.ThrottleModel]
-
-# (shape, seconds of one minute of the regain estimate, run length in seconds)
-SHAPES: dict[str, tuple[Shape, float, float]] = {
-    "sliding 1s": (lambda r: th.sliding(r, 1.0), 60.0, 300.0),
-    "sliding 10s": (lambda r: th.sliding(r, 10.0), 60.0, 600.0),
-    "sliding 60s": (lambda r: th.sliding(r, 60.0), 60.0, 1800.0),
-    "sliding 1h scaled": (lambda r: th.sliding(r, 3600.0, time_scale=120.0), 0.5, 900.0),
-    "fixed 1h scaled": (lambda r: th.fixed(r, 3600.0, time_scale=120.0), 0.5, 900.0),
-    "token bucket 1s": (lambda r: th.bucket(r, 1.0), 60.0, 300.0),
-}
 # Cells that miss the aim today, and why (see docs/quota.md, "Limits").
 MISSES = {
     ("token bucket 1s", 1): "a bucket refills one call at a time: no window to learn",
@@ -120,9 +108,7 @@ CELLS = [
 
 @pytest.mark.parametrize(("name", "rate"), CELLS)
 def test_goodput_at_least_90_percent_and_at_most_2_percent_throttled(name: str, rate: int) -> None:
-    shape, minute_s, duration = SHAPES[name]
-    c = QuotaController(QuotaConfig(minute_s=minute_s))
-    result = simulate(c, shape(rate), duration, latency=0.05, jobs=[Job(concurrency=32)])
+    result = run_cell(name, rate)
     assert result.goodput >= 0.90
     assert result.throttled_share <= 0.02
 
