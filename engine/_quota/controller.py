@@ -88,8 +88,11 @@ class QuotaState:
     times tests of a shorter window). `cap_lo` < cap <= `cap_hi` bound the calls a window
     holds. `last` is the latest reading; `stretch` the first reading of the current run of
     rising usage, over which the cap is learned. `pause_until` holds every call back;
-    `streak` counts throttle episodes in a row, the latest at `throttled_at`. `in_flight` and
-    the round-trip spread `jitter_s` (from `rtt_lo`, `rtt_hi`) are this process's own.
+    `regain_at` is when the latest throttle's regain estimate says room is back (until the
+    next call); `streak` counts throttle episodes in a row, the latest at `throttled_at`.
+    `resets` says a reading showed a call leave younger than `window_lo`: a fixed window.
+    `in_flight` and the round-trip spread `jitter_s` (from `rtt_lo`, `rtt_hi`) are this
+    process's own.
     """
 
     grants: list[float] = field(default_factory=list)
@@ -315,7 +318,11 @@ class QuotaController:
         age of the newest of ours it cannot be holding (true whoever else spends). Counting
         at least our last c calls, it holds them all if no one else spends: it is longer than
         the oldest of them is old. The second bound only times a test of a shorter window
-        (a wrong one costs waiting, not throttles), so it never exceeds the first."""
+        (a wrong one costs waiting, not throttles), so it never exceeds the first.
+
+        A call seen to leave younger than the lower bound means a window that resets at a
+        boundary (fixed): falling usage then tells nothing of its length, and calls are
+        timed to the lower bound plus a margin, which never overfills a fixed window."""
         s = self.state
         i = r.index - s.base
         if math.isfinite(s.cap_hi):
