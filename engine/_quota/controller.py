@@ -112,6 +112,8 @@ class QuotaState:
     jitter_s: float = 0.0
     rtt_lo: float = math.inf
     rtt_hi: float = 0.0
+    anchor: Reading | None = None
+    refill: float = 0.0
 
     @property
     def sent(self) -> int:
@@ -136,6 +138,11 @@ class QuotaController:
         last = s.last
         if last is None:
             return t if s.in_flight == 0 else math.inf  # one call until the first reading
+        if s.anchor is not None and s.refill > 0:
+            n = self._cap()
+            held = (last.pct + 1) * n / 100 + s.sent - last.index - 1
+            tokens = n - held + s.refill * max(0.0, t - last.at - s.jitter_s)
+            return t if tokens >= 1 else t + (1 - tokens) / s.refill
         room = self._room(last)
         if room + self._departed(last, t) >= 1:
             return t
@@ -225,8 +232,9 @@ class QuotaController:
         if reading is None:
             return
         s.streak = 0
-        self._learn_cap(reading)
-        self._learn_window(reading)
+        if not self._learn_bucket(reading):
+            self._learn_cap(reading)
+            self._learn_window(reading)
         if s.last is None or reading.index >= s.last.index:
             s.last = reading
 
@@ -241,7 +249,8 @@ class QuotaController:
         assert reading is not None  # a throttled call was sent
         reading.pct = max(reading.pct, 100.0)
         s.stretch = None
-        self._learn_window(reading, throttled=True)
+        if not self._learn_bucket(reading):
+            self._learn_window(reading, throttled=True)
         if s.last is None or reading.index >= s.last.index:
             s.last = reading
         regain = usage.regain_min if usage is not None else None
@@ -301,6 +310,22 @@ class QuotaController:
             s.cap_lo, s.cap_hi, s.window_lo = lo, hi, 0.0
         else:
             s.cap_lo, s.cap_hi = max(s.cap_lo, lo), min(s.cap_hi, hi)
+
+    def _learn_bucket(self, r: Reading) -> bool:
+        """Whether the quota is a token bucket; if so, a lower bound on its refill from `r`."""
+        s = self.state
+        n = self._cap()
+        if s.anchor is None:
+            pinned = math.floor(s.cap_lo) + 2 > s.cap_hi  # one whole cap fits the bounds
+            on_grid = math.ceil((r.pct - 1) * n / 100) <= math.floor((r.pct + 1) * n / 100)
+            if s.last is None or not pinned or on_grid:
+                return False
+            s.anchor = s.last
+        a = s.anchor
+        if r.index > a.index and r.at > a.at:
+            k = r.index - a.index
+            s.refill = max(s.refill, (k - (r.pct - a.pct + 1) * n / 100) / (r.at - a.at))
+        return True
 
     def _shed_since(self, ref: Reading, t: float) -> bool:
         """Whether a call of ours in the window at `ref` may have left it by `t`: usage
