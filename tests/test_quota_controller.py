@@ -79,6 +79,22 @@ def test_an_80003_with_a_regain_estimate_pauses_until_a_minute_before_it() -> No
     assert c.next_send_at(1.0) >= 0.1 + 11 * 60
 
 
+def test_a_reading_between_whole_calls_marks_a_token_bucket_paced_by_its_refill() -> None:
+    c = QuotaController()
+    c.state.cap_lo, c.state.cap_hi = 4.9, 5.1  # 5 calls: readings step by 20%
+    c.on_reply(0.05, Usage(20), c.on_send(0.0))
+    assert c.state.anchor is None  # on the grid: a window would read the same
+    c.on_reply(0.15, Usage(30), c.on_send(0.1))  # 1 call, +10%: half a token came back
+    assert c.state.anchor is not None
+    # Refill at least (1 call - 11% of 5) / 0.1 s = 4.5 tokens/s.
+    assert c.state.refill == pytest.approx(4.5)
+    # At most 31% of 5 = 1.55 spent at 0.1, and 0.45 back by 0.2: 3.9 tokens, so three calls
+    # now and the fourth when 0.1 more came back.
+    sent = [c.on_send(0.2) for _ in range(4) if c.next_send_at(0.2) == 0.2]
+    assert len(sent) == 3
+    assert c.next_send_at(0.2) == pytest.approx(0.2 + 0.1 / 4.5)
+
+
 def test_a_burst_of_throttles_is_one_episode() -> None:
     c = QuotaController()
     tickets = [c.on_send(0.0) for _ in range(8)]
@@ -87,8 +103,8 @@ def test_a_burst_of_throttles_is_one_episode() -> None:
 
 
 # Cells that miss the aim today, and why (see docs/quota.md, "Limits").
-_REFILL = "a bucket's refill reads as a cap far above it; its throttles' debt as a long window"
-MISSES = {("token bucket 1s", rate): _REFILL for rate in (1, 5, 20)}
+_WHOLE = "refill of one whole token per round trip reads as a cap of 100+, never off the grid"
+MISSES = {("token bucket 1s", 20): _WHOLE}
 CELLS = [
     pytest.param(
         name,
