@@ -91,6 +91,8 @@ class QuotaState:
     `regain_at` is when the latest throttle's regain estimate says room is back (until the
     next call); `streak` counts throttle episodes in a row, the latest at `throttled_at`.
     `resets` says a reading showed a call leave younger than `window_lo`: a fixed window.
+    `anchor` is set once a reading fell between whole calls: a token bucket, whose refill is
+    at least `refill` calls a second (from the calls and usage since `anchor`).
     `in_flight` and the round-trip spread `jitter_s` (from `rtt_lo`, `rtt_hi`) are this
     process's own.
     """
@@ -139,6 +141,7 @@ class QuotaController:
         if last is None:
             return t if s.in_flight == 0 else math.inf  # one call until the first reading
         if s.anchor is not None and s.refill > 0:
+            # A bucket: the tokens the latest reading left, less calls since, plus refill.
             n = self._cap()
             held = (last.pct + 1) * n / 100 + s.sent - last.index - 1
             tokens = n - held + s.refill * max(0.0, t - last.at - s.jitter_s)
@@ -312,7 +315,13 @@ class QuotaController:
             s.cap_lo, s.cap_hi = max(s.cap_lo, lo), min(s.cap_hi, hi)
 
     def _learn_bucket(self, r: Reading) -> bool:
-        """Whether the quota is a token bucket; if so, a lower bound on its refill from `r`."""
+        """Whether the quota is a token bucket; if so, raise the lower bound on its refill.
+
+        A window counts whole calls, so with a cap of n its usage moves on a grid of 100 / n
+        percent; a reading off that grid (beyond a percent either way) shows a fraction of a
+        call given back: a bucket's refill. From then on, k calls (throttled ones take a token
+        too) over dt seconds with usage rising by dp put the refill above (k - n dp / 100) / dt;
+        others' calls or a full bucket only make that lower, so the largest value is safe."""
         s = self.state
         n = self._cap()
         if s.anchor is None:
