@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import inspect
+import difflib
 import logging
 import os
 import signal
@@ -24,7 +24,7 @@ import orjson
 from ._api import Uploader
 from ._errors import InputError
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
-from ._options import DEFAULT_CONCURRENCY, MODES, check_bounds
+from ._options import Option, check_bounds, job_options
 from ._quota.limiter import LimiterConfig
 from ._report import Progress, ProgressFn, Report
 from ._resume.checkpoint import Checkpoint, default_path
@@ -50,6 +50,23 @@ def _map_option(text: str) -> tuple[str, str]:
     return key.strip().upper(), column.strip()
 
 
+def _argument(opt: Option) -> dict[str, Any]:
+    """How argparse reads one job option."""
+    if opt.kind is bool:
+        return {"action": "store_true", "default": None}
+    if opt.kind is dict:  # column_map: --map KEY=column, repeatable
+        return {"action": "append", "type": _map_option, "metavar": "KEY=column"}
+    assert opt.flag is not None
+    metavar = None if opt.choices else opt.flag[2:].upper().replace("-", "_")
+    return {"type": opt.kind, "choices": opt.choices, "metavar": metavar}
+
+
+def _help(opt: Option) -> str:
+    if opt.kind is bool or opt.default in (None, {}, ""):
+        return opt.help
+    return f"{opt.help} (default {opt.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="audience-engine", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,77 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
         "input", help="file to read (csv, jsonl, parquet, optionally .gz) or - for stdin"
     )
     up.add_argument("--config", help="TOML file with options; command-line values win")
-    up.add_argument("--audience", help="Custom Audience id (required)")
-    up.add_argument("--ad-account", help="ad account that owns it, act_ID (required)")
-    up.add_argument("--mode", choices=MODES, help="add (default), remove or replace")
-    up.add_argument("--schema", help="keys in payload order, e.g. EMAIL,PHONE; default: inferred")
-    up.add_argument(
-        "--map",
-        action="append",
-        type=_map_option,
-        metavar="KEY=column",
-        help="column for a key (repeatable)",
-    )
-    up.add_argument("--format", choices=("csv", "jsonl", "parquet"), help="default: from the name")
-    up.add_argument(
-        "--prehashed",
-        action="store_true",
-        default=None,
-        help="values are already normalized and hashed",
-    )
-    up.add_argument("--default-country-code", help="calling code for phones without one, e.g. 1")
-    up.add_argument("--batch-size", type=int, help="rows per request (max and default 10000)")
-    up.add_argument(
-        "--concurrency",
-        type=int,
-        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})",
-    )
-    up.add_argument("--workers", type=int, help="hashing processes (default: by input size)")
-    up.add_argument("--api-base", help=f"default {DEFAULT_API_BASE}")
-    up.add_argument("--api-version", help=f"default {DEFAULT_API_VERSION}")
-    up.add_argument("--session-id", type=int, help="default: random")
+    for opt in job_options():
+        if opt.flag is not None:
+            up.add_argument(opt.flag, dest=opt.field, help=_help(opt), **_argument(opt))
     up.add_argument("--report", help="write the JSON report there")
-    up.add_argument("--rejects", dest="rejects_path", help="write rejected rows there (CSV)")
-    up.add_argument("--dry-run", action="store_true", default=None, help="send nothing")
-    up.add_argument(
-        "--allow-empty-replace",
-        action="store_true",
-        default=None,
-        help="let a replace with zero valid rows empty the audience",
-    )
-    up.add_argument(
-        "--checkpoint", help="progress file; the same command resumes (default: per job)"
-    )
     up.add_argument(
         "--no-checkpoint", action="store_true", default=None, help="keep no progress file"
     )
     up.add_argument(
-        "--restart",
-        action="store_true",
-        default=None,
-        help="start over in a new session even if the checkpoint says the job is unfinished",
-    )
-    up.add_argument(
-        "--grace", type=float, help="seconds in-flight requests get after a signal (default 30)"
-    )
-    up.add_argument(
-        "--session-window",
-        dest="session_window_s",
+        "--grace",
         type=float,
-        help="Meta's session window in seconds (default 5400; for fakes with a time scale)",
-    )
-    up.add_argument("--max-retries", type=int, help="retries of a transient failure (default 8)")
-    up.add_argument(
-        "--connect-timeout",
-        dest="connect_timeout_s",
-        type=float,
-        help="seconds to connect (default 10)",
-    )
-    up.add_argument(
-        "--read-timeout",
-        dest="read_timeout_s",
-        type=float,
-        help="seconds to wait for any reply data before retrying (default 120)",
+        help=f"seconds in-flight requests get after a signal (default {DEFAULT_GRACE_S:g})",
     )
     up.add_argument("--rate", type=float, help="requests/s per ad account at full speed")
     up.add_argument(
@@ -149,37 +106,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options of the process, beside the job's (`job_options()`): their config-file names.
+_PROCESS_KEYS = {
+    "report": "report",
+    "no-checkpoint": "no_checkpoint",
+    "grace": "grace",
+    "rate": "rate",
+    "burst": "burst",
+    "max-throttle-wait": "max_throttle_wait",
+    "quiet": "quiet",
+    "verbose": "verbose",
+}
+
+
+def _config_keys() -> dict[str, str]:
+    """A config file's keys (the long option names) and the option each sets."""
+    keys = {opt.flag[2:]: opt.field for opt in job_options() if opt.flag is not None}
+    keys["column-map"] = "column_map"  # a TOML table reads better under its own name
+    return {**keys, **_PROCESS_KEYS}
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"cannot read config {path}: {exc}") from None
+    known = _config_keys()
+    options: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InputError(f"config {path}: unknown option {key!r}{hint}")
+        options[known[key]] = value
+    return options
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """Command-line values over the --config file's."""
-    merged: dict[str, Any] = {}
-    if args.config:
-        try:
-            with open(args.config, "rb") as f:
-                merged = {k.replace("-", "_"): v for k, v in tomllib.load(f).items()}
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InputError(f"cannot read config {args.config}: {exc}") from None
-    merged.update({k: v for k, v in vars(args).items() if v is not None})
-    if merged.get("map"):
-        merged["column_map"] = dict(merged.pop("map"))
+    merged = _read_config(args.config) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    if isinstance(given.get("column_map"), list):  # --map pairs
+        given["column_map"] = dict(given["column_map"])
+    merged.update(given)
     if isinstance(merged.get("column_map"), dict):
         merged["column_map"] = {k.upper(): v for k, v in merged["column_map"].items()}
     return merged
 
 
-_UPLOAD_OPTIONS = frozenset(inspect.signature(Uploader.upload).parameters) - {"self", "source"}
-
-
 def _upload_options(options: dict[str, Any]) -> dict[str, Any]:
-    for required in ("audience", "ad_account"):
+    """`Uploader.upload`'s keywords from the merged options."""
+    for required in ("audience_id", "ad_account"):
         if not options.get(required):
-            raise InputError(f"--{required.replace('_', '-')} is required")
-    kwargs = {k: v for k, v in options.items() if k in _UPLOAD_OPTIONS}
+            raise InputError(f"--{required.removesuffix('_id').replace('_', '-')} is required")
+    kwargs = {
+        opt.keyword: options[opt.field]
+        for opt in job_options()
+        if opt.keyword and opt.field in options
+    }
     if options.get("no_checkpoint") or options.get("dry_run"):
         kwargs.pop("checkpoint", None)
     elif not options.get("checkpoint"):
         source = options["input"]
         where = source if source == "-" else os.path.abspath(source)
-        job = f"{where}|{options['audience']}|{options['ad_account']}|{options.get('mode', 'add')}"
+        audience, account = options["audience_id"], options["ad_account"]
+        job = f"{where}|{audience}|{account}|{options.get('mode', 'add')}"
         kwargs["checkpoint"] = str(default_path(job))
     return kwargs
 
