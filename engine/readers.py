@@ -252,6 +252,8 @@ class _Inflating(gzip.GzipFile):
 def _why(exc: BaseException) -> str:
     """Why reading failed, without the exception's own text: gzip's quotes the file's first
     bytes, and other libraries may quote what they could not parse."""
+    if isinstance(exc, _Overflow):
+        return str(exc)  # its own words, which hold no content
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     if isinstance(exc, gzip.BadGzipFile | zlib.error):

@@ -93,7 +93,7 @@ class WorkerConfig:
     api_base: str = DEFAULT_API_BASE
     api_version: str = DEFAULT_API_VERSION
     secrets_file: Path | None = None
-    input_dirs: tuple[Path, ...] = ()  # empty: any path the worker can read
+    input_dirs: tuple[Path, ...] = ()  # where input paths may be; empty: rows in bodies only
     max_body_mb: float = 64.0
     log_level: str = "info"
     connect_timeout_s: float = 10.0
@@ -130,6 +130,9 @@ def load_config(path: Path) -> WorkerConfig:
         elif name == "input_dirs":
             dirs = _typed_setting(name, value, list)
             values[name] = tuple(base / _typed_setting(name, d, str) for d in dirs)
+            for directory in values[name]:
+                if not directory.is_dir():
+                    raise ConfigError(f"input-dirs: {directory} is not a directory")
         elif name == "limits":
             values[name] = _limits(_typed_setting(name, value, dict))
         elif name == "job_defaults":

@@ -107,6 +107,7 @@ def write_config(tmp_path: Path, base_url: str, *extra: str) -> Path:
         "port = 0",
         f'state-dir = "{tmp_path / "state"}"',
         f'api-base = "{base_url}"',
+        f'input-dirs = ["{tmp_path}"]',
         "max-jobs = 4",
         *extra,
         "[limits]",
