@@ -20,6 +20,7 @@ from ..test_worker import (
     ACT_1,
     API_TOKEN,
     AUD_1,
+    WorkerProcess,
     csv_text,
     poll,
     submit,
@@ -223,3 +224,20 @@ async def test_a_request_whose_client_left_is_not_made_a_job(
     async with http.get(f"{worker.url}/jobs", headers=AUTH) as resp:
         assert (await resp.json()) == {"jobs": []}
     assert list((tmp_path / "state" / "rows").iterdir()) == []
+
+
+async def test_kernel_files_are_refused_even_under_an_input_dir(
+    fake: FakeGraph, tmp_path: Path, workers: Any, http: aiohttp.ClientSession
+) -> None:
+    missing = write_config(tmp_path, fake.base_url, input_dir=tmp_path / "nowhere")
+    code, err = await WorkerProcess(missing, worker_env()).run_to_exit()
+    assert code == 2 and "is not a directory" in err
+    config = write_config(tmp_path, fake.base_url, input_dir=Path("/"))
+    worker = await workers(config, worker_env(AUDIENCE_ENGINE_API_TOKEN=API_TOKEN))
+    for path in ("/proc/self/environ", "/sys/kernel/mm/transparent_hugepage/enabled"):
+        status, text = await post(http, worker.url, audience=AUD_1, ad_account=ACT_1, input=path)
+        assert status == 422 and "outside the worker's input-dirs" in text, text
+        assert_quiet(text)
+    status, text = await post(http, worker.url, audience=AUD_1, ad_account=ACT_1, input="/dev/zero")
+    assert status == 422 and "outside the worker's input-dirs" in text, text
+    assert_quiet(await job_texts(http, worker.url), worker.log_text())
