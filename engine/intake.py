@@ -1,10 +1,10 @@
 """Job requests: a `POST /jobs` turned into a Job ready to store, or a Refusal.
 
-A JSON body names an input path the worker reads; a CSV or JSON Lines body carries the
-rows themselves, with the options in the query string. Body rows are normalized and hashed
-here, in memory, with the engine's own rules, and only the hashes are written to the state
-dir (SPEC section 5): the job then uploads them with `prehashed=True`, and resumes from
-them after a restart like any file.
+A JSON body names an input path under the worker's input-dirs; a CSV or JSON Lines body
+carries the rows themselves, with the options in the query string. Body rows are normalized
+and hashed here, in memory, with the engine's own rules, and only the hashes are written to
+the state dir (SPEC section 5): the job then uploads them with `prehashed=True`, and resumes
+from them after a restart like any file.
 """
 
 from __future__ import annotations
