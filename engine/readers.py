@@ -351,7 +351,8 @@ class InputFile:
             return near[0]
         if not self._map_needs_column:
             return column
-        raise InputError(f"the column named for {key} is not in the header; {self._listing()}")
+        # The name asked for is the caller's own, so it may be quoted; the header's may not.
+        raise InputError(f"column {column!r} for {key} not found; {self._listing()}")
 
     def _listing(self) -> str:
         # Counts only, never names: when the first row is data (no header), or the input is

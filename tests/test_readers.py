@@ -223,7 +223,7 @@ def test_parquet_with_nulls_ints_and_binary(tmp_path: Path) -> None:
         (4, ("d@x.com", "4", "4.25", "")),
     ]
     assert rejects == [(3, "bad_encoding")]
-    with pytest.raises(InputError, match="column named for EMAIL is not in the header"):
+    with pytest.raises(InputError, match="column 'mail' for EMAIL not found"):
         read_all(path, ["EMAIL"], {"EMAIL": "mail"})
 
 
@@ -316,7 +316,7 @@ def test_map_adds_keys_and_picks_columns(tmp_path: Path) -> None:
         (
             ["EMAIL"],
             {"EMAIL": "mail"},
-            "the column named for EMAIL is not in the header; the header has 2 columns$",
+            "column 'mail' for EMAIL not found; the header has 2 columns$",
         ),
         (["PHONE"], {}, "no column for PHONE"),
         (["EMAIL", "EMAIL"], {}, "appears twice"),

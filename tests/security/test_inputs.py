@@ -114,5 +114,5 @@ async def test_a_map_to_a_missing_column_names_no_value(fake: FakeGraph, tmp_pat
     path = tmp_path / "in.csv"
     path.write_text(f"{EMAIL},{PHONE}\n")
     run, _ = await upload(fake, path, "--schema", "EXTERN_ID", "--map", "EXTERN_ID=id")
-    assert run.code == 2 and "the column named for EXTERN_ID is not in the header" in run.stderr
+    assert run.code == 2 and "column 'id' for EXTERN_ID not found" in run.stderr
     assert_quiet(run)
