@@ -22,7 +22,7 @@ from .limiter import LimiterConfig, LimiterRegistry
 from .pipeline import RequestHook, run_job
 from .report import ProgressFn, Report
 from .sender import RetryPolicy
-from .sources import Source, aopen_source
+from .sources import Source, aopen_source, file_name
 
 __all__ = ["UploadOptions", "Uploader", "upload", "upload_sync"]
 
@@ -168,7 +168,8 @@ class Uploader:
     ) -> Report:
         """Upload one people list to one Custom Audience and return its report.
 
-        `source` is a path (CSV, JSON Lines or Parquet, optionally .gz; "-" for stdin), an
+        `source` is a path (CSV, JSON Lines or Parquet, optionally .gz; "-" for stdin) or a
+        file opened in binary mode (read as it is, its name giving the format), an
         iterable or async iterable of dicts or tuples (tuples in `schema` order, or named
         with `Rows(data, columns)`), a pandas or polars DataFrame, or a pyarrow Table,
         RecordBatch or RecordBatchReader. Plain iterables are read in a worker thread,
@@ -256,7 +257,7 @@ def _name(source: Source) -> str:
     """The path, or the kind of object: for the pool's sizing and the checkpoint's key."""
     if isinstance(source, str | os.PathLike):
         return os.fspath(source)
-    return f"<{type(source).__name__}>"
+    return file_name(source) or f"<{type(source).__name__}>"
 
 
 async def upload(

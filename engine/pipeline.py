@@ -37,7 +37,7 @@ from .hashing import hash_units
 from .journal import Journal
 from .limiter import AccountLimiter
 from .normalize import NormalizeOptions, Schema
-from .readers import CsvBlock, InputFile, open_input
+from .readers import CsvBlock, InputFile
 from .report import ProgressFn, Report, Status, Tally
 from .rows import EncodedChunk, RawChunk, Reject
 from .sender import RetryPolicy
@@ -285,9 +285,9 @@ def _reread(job: UploadJob, source: InputFile) -> InputFile | None:
     """The input opened again at its start and bound as before; None when it cannot be
     read twice (stdin, a pipe, rows in memory) or is no longer the same file."""
     fingerprint = source.fingerprint()
-    if fingerprint in ("stdin", "stream", "memory") or not os.path.isfile(job.source):
+    if fingerprint in ("stdin", "stream", "memory"):
         return None
-    again = open_input(job.source, job.format)
+    again = source.reopen()
     if again.fingerprint() != fingerprint:
         again.close()
         return None
