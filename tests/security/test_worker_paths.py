@@ -209,7 +209,7 @@ async def test_a_request_whose_client_left_is_not_made_a_job(
     where = yarl.URL(worker.url)
     reader, writer = await asyncio.open_connection(where.host, where.port)
     writer.write(
-        f"POST {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n"
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_TOKEN}\r\n"
         f"Content-Type: text/csv\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
