@@ -17,7 +17,7 @@ import aiohttp
 from ._errors import InputError
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient, Mode
 from ._graph.facts import MAX_BATCH_ROWS, SESSION_WINDOW_S
-from ._input.memory import Source, aopen_source
+from ._input.memory import Source, aopen_source, file_name
 from ._options import DEFAULT_CONCURRENCY, UploadJob
 from ._pipeline.run import RequestHook, run_job
 from ._pipeline.sender import RetryPolicy
@@ -169,7 +169,8 @@ class Uploader:
     ) -> Report:
         """Upload one people list to one Custom Audience and return its report.
 
-        `source` is a path (CSV, JSON Lines or Parquet, optionally .gz; "-" for stdin), an
+        `source` is a path (CSV, JSON Lines or Parquet, optionally .gz; "-" for stdin) or a
+        file opened in binary mode (read as it is, its name giving the format), an
         iterable or async iterable of dicts or tuples (tuples in `schema` order, or named
         with `Rows(data, columns)`), a pandas or polars DataFrame, or a pyarrow Table,
         RecordBatch or RecordBatchReader. Plain iterables are read in a worker thread,
@@ -257,7 +258,7 @@ def _name(source: Source) -> str:
     """The path, or the kind of object: for the pool's sizing and the checkpoint's key."""
     if isinstance(source, str | os.PathLike):
         return os.fspath(source)
-    return f"<{type(source).__name__}>"
+    return file_name(source) or f"<{type(source).__name__}>"
 
 
 async def upload(

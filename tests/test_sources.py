@@ -220,9 +220,10 @@ def test_pandas_repeated_and_non_string_column_names() -> None:
     frame = pd.DataFrame([["a@example.com", "b@example.com", "x"]], columns=["email", "email", 7])
     source = open_source(frame)
     assert source.columns == ["email", "email", "7"]
-    assert rows_of(read(source, ["EMAIL", "EXTERN_ID"], {"EXTERN_ID": "7"})[1]) == [
-        (1, ("a@example.com", "x"))  # the first "email" column wins, as in a CSV file
-    ]
+    assert rows_of(read(source, ["EXTERN_ID"], {"EXTERN_ID": "7"})[1]) == [(1, ("x",))]
+    # Which "email" was meant cannot be told, as in a CSV file: refused, naming positions.
+    with pytest.raises(InputError, match="columns 1 and 2 of the header have the same name"):
+        open_source(frame).bind(["EMAIL"], {})
 
 
 def test_polars_null_and_nan_are_missing() -> None:

@@ -101,12 +101,14 @@ def worker_env(**extra: str) -> dict[str, str]:
     return {**base, "META_ACCESS_TOKEN": TOKEN, "META_APP_SECRET": APP_SECRET, **extra}
 
 
-def write_config(tmp_path: Path, base_url: str, *extra: str) -> Path:
+def write_config(tmp_path: Path, base_url: str, *extra: str, input_dir: Path | None = None) -> Path:
+    """A worker config reading inputs from `input_dir` (default: the whole `tmp_path`)."""
     config = tmp_path / "worker.toml"
     lines = [
         "port = 0",
         f'state-dir = "{tmp_path / "state"}"',
         f'api-base = "{base_url}"',
+        f'input-dirs = ["{input_dir or tmp_path}"]',
         "max-jobs = 4",
         *extra,
         "[limits]",

@@ -45,16 +45,25 @@ _SUFFIXES = {
 # A cell longer than this is rejected: no identifier is that long, and keeping such
 # cells out bounds what later stages hold per row.
 MAX_FIELD = 64 * 1024
+# The longest line (a CSV line, a JSON Lines record) the readers hold: what one line of a
+# hostile or mistaken input (a binary file, /dev/zero, a gzip bomb of NULs) can cost in
+# memory. A longer CSV line stops the read (exit 2, naming the row); a longer JSON Lines
+# record is rejected and skipped. open_input(max_line=...) sets another.
+MAX_LINE = 4 * 1024 * 1024
 # csv's own per-field cap (its default is 128 Ki). Fields between MAX_FIELD and this are
 # read whole and rejected cleanly; the cap bounds memory when a stray quote swallows the
 # rest of a file. Past it csv raises and skips the rest of that physical line, which keeps
 # numbering right unless the field is quoted and spans lines (then the file is beyond repair).
-CSV_FIELD_LIMIT = 16 * 1024 * 1024
-# JSON Lines are read with a line cap for the same reason.
-MAX_LINE = CSV_FIELD_LIMIT
+CSV_FIELD_LIMIT = MAX_LINE
+# gzip input may expand to at most this many times its compressed size (people lists
+# compress 3 to 20 times), once past _INFLATION_FLOOR: a small bomb cannot keep a
+# reader busy for minutes. open_input(max_inflation=...) sets another.
+MAX_INFLATION = 200
+_INFLATION_FLOOR = 16 * 1024 * 1024
 _FINGERPRINT_SPAN = 64 * 1024
 _DELIMITERS = (",", ";", "\t", "|")
 _STREAM_ERRORS = (OSError, EOFError, zlib.error)
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 # Column-name aliases per key, compared after _squash(). Each key's own name is added below.
 _ALIASES: dict[str, tuple[str, ...]] = {
@@ -87,12 +96,23 @@ _SQUASH_TABLE = str.maketrans("", "", " -_.")
 _ALIAS_TO_KEY = {_squash(alias): key for key, names in _ALIASES.items() for alias in (key, *names)}
 
 
-def open_input(path: str, fmt: str | None = None) -> InputFile:
+def open_input(
+    path: str,
+    fmt: str | None = None,
+    file: BinaryIO | None = None,
+    *,
+    max_line: int = MAX_LINE,
+    max_inflation: float = MAX_INFLATION,
+) -> InputFile:
     """Open `path` ("-" is stdin) as the given format, or the one its name implies.
 
-    Reads the header (CSV), the first object (JSON Lines) or the schema (Parquet) at once, so
-    an unreadable or empty input fails here, before anything is sent.
+    With `file` (a binary file opened for reading), that is what is read: `path` only names
+    it (its format, and messages), and closing the file stays the caller's. Reads the header
+    (CSV), the first object (JSON Lines) or the schema (Parquet) at once, so an unreadable
+    or empty input fails here, before anything is sent.
     """
+    if "\x00" in path:
+        raise InputError("the input path holds a NUL byte")
     name = path.lower()
     gz = name.endswith(".gz")
     if gz:
@@ -106,37 +126,158 @@ def open_input(path: str, fmt: str | None = None) -> InputFile:
         fmt = implied
     if fmt not in FORMATS:
         raise InputError(f"unknown input format {fmt!r}; use csv, jsonl or parquet")
+    opened = _Opened(path, fmt, file, max_line, max_inflation)
     if fmt == "parquet":
-        if gz or path == "-":
+        if gz or (path == "-" and file is None):
             raise InputError("parquet is read from an uncompressed file, not gzip or stdin")
-        return _ParquetInput(path)
-    stream, owned = _open_binary(path, gz)
+        return _ParquetInput(opened)
     try:
         if fmt == "csv":
             tab = name.endswith(".tsv")
-            return _CsvInput(path, stream, owned, "\t" if tab else None)
-        return _JsonlInput(path, stream, owned)
+            return _CsvInput(opened, _stream(opened, gz), "\t" if tab else None)
+        return _JsonlInput(opened, _stream(opened, gz))
     except BaseException:
-        if owned:
-            stream.close()
+        opened.close()
         raise
 
 
-def _open_binary(path: str, gz: bool) -> tuple[BinaryIO, bool]:
-    """The raw byte stream, and whether closing it is ours to do (stdin is not)."""
-    if path == "-":
+class _Opened:
+    """An input's file: the one given, stdin, or the path opened here; and what to close."""
+
+    def __init__(
+        self,
+        path: str,
+        fmt: str,
+        file: BinaryIO | None,
+        max_line: int,
+        max_inflation: float,
+        rewind: bool = False,
+    ) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.max_line = max_line
+        self.max_inflation = max_inflation
+        self.given = file is not None
+        self.closing: list[Callable[[], None]] = []  # closed in reverse order
+        if file is not None:
+            if rewind:
+                file.seek(0)
+            self.raw: BinaryIO | None = file
+        elif path == "-":
+            self.raw = None  # stdin: not ours to close, and no file to measure
+        else:
+            try:
+                self.raw = open(path, "rb")  # noqa: SIM115 - closed by close()
+            except OSError as exc:
+                raise InputError(f"cannot read input {path!r}: {_why(exc)}") from exc
+            self.closing.append(self.raw.close)
+
+    def again(self) -> _Opened:
+        """The same file from its start, for reading the input twice (see InputFile.reopen)."""
+        assert self.raw is not None
+        # The file object is shared, not reopened by path: the path may lead elsewhere now.
+        return _Opened(self.path, self.fmt, self.raw, self.max_line, self.max_inflation, True)
+
+    def close(self) -> None:
+        while self.closing:
+            self.closing.pop()()
+
+
+def _stream(opened: _Opened, gz: bool) -> BinaryIO:
+    """The bytes to parse: the file, or what its gzip data expands to."""
+    raw = opened.raw
+    if raw is None:
         raw = sys.stdin.buffer
         peek = getattr(raw, "peek", None)
         # stdin has no name to end in .gz, so look for gzip's magic number instead.
-        if gz or (peek is not None and peek(2)[:2] == b"\x1f\x8b"):
-            return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb")), True
-        return raw, False
-    try:
-        if gz:
-            return cast(BinaryIO, gzip.open(path, "rb")), True
-        return open(path, "rb"), True  # noqa: SIM115 - closed by InputFile.close()
-    except OSError as exc:
-        raise InputError(f"cannot read input {path!r}: {exc.strerror or exc}") from exc
+        gz = gz or (peek is not None and peek(2)[:2] == b"\x1f\x8b")
+    if not gz:
+        return raw
+    inflating = _Inflating(raw, opened.max_inflation)
+    opened.closing.append(inflating.close)
+    return cast(BinaryIO, inflating)
+
+
+class _Overflow(Exception):
+    """Input past a reader's bounds (a line too long, gzip expanding too far): `str()` says
+    which, and the reader names the row."""
+
+
+_READ_ERRORS = (*_STREAM_ERRORS, _Overflow)
+
+
+class _Counted(io.RawIOBase):
+    """A stream that counts the bytes read from it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        buffer[: len(data)] = data
+        self.count += len(data)
+        return len(data)
+
+
+class _Inflating(gzip.GzipFile):
+    """gzip data, read and readline only, that stops (_Overflow) when it expands more than
+    `ratio` times its compressed size past _INFLATION_FLOOR."""
+
+    def __init__(self, raw: BinaryIO, ratio: float) -> None:
+        self._compressed = _Counted(raw)
+        self._ratio = ratio
+        self._out = 0
+        super().__init__(fileobj=self._compressed, mode="rb")
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._counted(super().read(size))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._counted(super().readline(size))
+
+    def _counted(self, data: bytes) -> bytes:
+        self._out += len(data)
+        if self._out > max(_INFLATION_FLOOR, self._ratio * self._compressed.count):
+            raise _Overflow(
+                f"the gzip data expands more than {self._ratio:g} times its size "
+                "(a decompression bomb?)"
+            )
+        return data
+
+
+def _why(exc: BaseException) -> str:
+    """Why reading failed, without the exception's own text: gzip's quotes the file's first
+    bytes, and other libraries may quote what they could not parse."""
+    if isinstance(exc, _Overflow):
+        return str(exc)  # its own words, which hold no content
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, gzip.BadGzipFile | zlib.error):
+        return "not valid gzip data"
+    if isinstance(exc, EOFError):
+        return "the compressed data ends early"
+    return type(exc).__name__
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """UTF-16 text: a byte order mark, or ASCII with a NUL beside every character."""
+    if head.startswith(_UTF16_BOMS):
+        return True
+    h = head[:4]
+    return len(h) == 4 and (
+        (h[1] == h[3] == 0 and h[0] != 0 != h[2]) or (h[0] == h[2] == 0 and h[1] != 0 != h[3])
+    )
+
+
+def _not_utf16(head: bytes) -> None:
+    if _looks_utf16(head):
+        raise InputError(
+            "the input looks like UTF-16 text; it must be UTF-8 (save it as 'CSV UTF-8')"
+        )
 
 
 class InputFile:
@@ -147,8 +288,9 @@ class InputFile:
     # the first object (which is all `columns` shows).
     _map_needs_column = True
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, opened: _Opened | None = None) -> None:
         self.path = path
+        self._opened = opened
         self.columns = []
         self._bound: tuple[str, ...] | None = None  # column per bound key, in key order
         self._closed = False
@@ -183,6 +325,14 @@ class InputFile:
                 for key in wanted
             ]
         self._bound = tuple(column for _, column in pairs)
+        for column in dict.fromkeys(self._bound):
+            at = [str(i) for i, name in enumerate(self.columns, 1) if name == column]
+            if len(at) > 1:
+                # Which one was meant cannot be told: the upload would read only the first.
+                raise InputError(
+                    f"columns {', '.join(at[:-1])} and {at[-1]} of the header have the same "
+                    "name, and a key is bound to it; rename all but one"
+                )
         return tuple(key for key, _ in pairs)
 
     def _alias(self, key: str) -> str:
@@ -201,10 +351,14 @@ class InputFile:
             return near[0]
         if not self._map_needs_column:
             return column
+        # The name asked for is the caller's own, so it may be quoted; the header's may not.
         raise InputError(f"column {column!r} for {key} not found; {self._listing()}")
 
     def _listing(self) -> str:
-        return "columns are: " + (", ".join(repr(c) for c in self.columns) or "(none)")
+        # Counts only, never names: when the first row is data (no header), or the input is
+        # not a people list at all, its "names" are identifiers or file content.
+        n = len(self.columns)
+        return f"the header has {n} column{'s' if n != 1 else ''}"
 
     def _bound_columns(self) -> tuple[str, ...]:
         if self._bound is None:
@@ -240,20 +394,35 @@ class InputFile:
         file matches, an edit almost always shows. The batches already acknowledged are
         checked one by one on resume as well (their digests), so an edit this misses
         cannot change what was sent."""
-        if self.path == "-":
+        raw = self._opened.raw if self._opened is not None else None
+        if raw is None:
             return "stdin"
         try:
-            st = os.stat(self.path)
+            fd = raw.fileno()
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return "stream"  # a pipe or device: reading it here would consume it
             digest = hashlib.sha256(f"{st.st_size}:".encode())
-            with open(self.path, "rb") as f:
-                for at in (0, st.st_size // 2, st.st_size - _FINGERPRINT_SPAN):
-                    f.seek(max(0, at))
-                    digest.update(f.read(_FINGERPRINT_SPAN))
+            # pread: the file's own offset is where parsing is, and stays there.
+            for at in (0, st.st_size // 2, st.st_size - _FINGERPRINT_SPAN):
+                digest.update(os.pread(fd, _FINGERPRINT_SPAN, max(0, at)))
         except OSError as exc:
-            raise InputError(f"cannot read input {self.path!r}: {exc.strerror or exc}") from exc
+            raise InputError(f"cannot read input {self.path!r}: {_why(exc)}") from exc
         return digest.hexdigest()
+
+    def reopen(self) -> InputFile:
+        """The input again from its start, unbound, read from the same open file (never by
+        path again); only for an input whose fingerprint() is a digest (a regular file)."""
+        if self._opened is None or self._opened.raw is None:
+            raise RuntimeError("only an input read from a file can be read again")
+        again = self._opened.again()
+        if again.fmt == "parquet":
+            return _ParquetInput(again)
+        gz = self.path.lower().endswith(".gz")
+        if again.fmt == "csv":
+            tab = self.path.lower().removesuffix(".gz").endswith(".tsv")
+            return _CsvInput(again, _stream(again, gz), "\t" if tab else None)
+        return _JsonlInput(again, _stream(again, gz))
 
     def close(self) -> None:
         if not self._closed:
@@ -261,7 +430,8 @@ class InputFile:
             self._close()
 
     def _close(self) -> None:
-        pass
+        if self._opened is not None:
+            self._opened.close()
 
     def __enter__(self) -> InputFile:
         return self
@@ -288,17 +458,22 @@ def _check_key(key: str) -> None:
 
 
 def _unreadable(row: int, exc: BaseException) -> InputError:
-    return InputError(f"input became unreadable after data row {row}: {exc}")
+    if isinstance(exc, _Overflow):
+        return InputError(f"input stopped at data row {row + 1}: {exc}")
+    return InputError(f"input became unreadable after data row {row}: {_why(exc)}")
 
 
-def _lines_estimate(path: str) -> int | None:
+def _lines_estimate(opened: _Opened | None) -> int | None:
     """A plain file's line count, from its size and the lines in its first bytes."""
-    if path == "-" or path.lower().endswith(".gz"):
+    if opened is None or opened.raw is None or opened.path.lower().endswith(".gz"):
         return None
     try:
-        size = os.stat(path).st_size
-        with open(path, "rb") as f:
-            sample = f.read(_FINGERPRINT_SPAN)
+        fd = opened.raw.fileno()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        size = st.st_size
+        sample = os.pread(fd, _FINGERPRINT_SPAN, 0)
     except OSError:
         return None
     lines = sample.count(b"\n") + (len(sample) == size and not sample.endswith(b"\n"))
@@ -307,21 +482,20 @@ def _lines_estimate(path: str) -> int | None:
 
 class _CsvInput(InputFile):
     def estimated_rows(self) -> int | None:
-        lines = _lines_estimate(self.path)
+        lines = _lines_estimate(self._opened)
         return None if lines is None else max(0, lines - 1)  # the header is no data row
 
-    def __init__(self, path: str, stream: BinaryIO, owned: bool, delimiter: str | None) -> None:
-        super().__init__(path)
-        self._stream = stream
-        self._owned = owned
-        self._blocks = _Blocks(stream)
+    def __init__(self, opened: _Opened, stream: BinaryIO, delimiter: str | None) -> None:
+        path = opened.path
+        super().__init__(path, opened)
+        self._blocks = _Blocks(stream, opened.max_line)
         if csv.field_size_limit() < CSV_FIELD_LIMIT:
             csv.field_size_limit(CSV_FIELD_LIMIT)
         try:
             if not self._blocks.load():
                 raise InputError(f"input {path!r} is empty: a header row is required")
-        except _STREAM_ERRORS as exc:
-            raise InputError(f"cannot read input {path!r}: {exc}") from exc
+        except _READ_ERRORS as exc:
+            raise InputError(f"cannot read the header row of {path!r}: {_why(exc)}") from exc
         if delimiter is None:
             first = io.StringIO(self._blocks.text, newline="").readline()
             # The most frequent candidate in the header; ties go to the earlier one.
@@ -334,8 +508,8 @@ class _CsvInput(InputFile):
             self.columns = next(self._records.reader)
         except (csv.Error, StopIteration) as exc:
             raise InputError(f"cannot parse the header row of {path!r}") from exc
-        except _STREAM_ERRORS as exc:
-            raise InputError(f"cannot read input {path!r}: {exc}") from exc
+        except _READ_ERRORS as exc:
+            raise InputError(f"cannot read the header row of {path!r}: {_why(exc)}") from exc
         if not self.columns:
             raise InputError(f"the first line of {path!r} is blank: a header row is required")
         self._rows_seen = 0
@@ -375,15 +549,11 @@ class _CsvInput(InputFile):
                     yield from out.flush()
                     out.skip(line_ends + (not data.endswith(b"\n")))
                     yield block
-        except _STREAM_ERRORS as exc:
+        except _READ_ERRORS as exc:
             raise _unreadable(out.n, exc) from exc
         finally:
             self._rows_seen = out.n
         yield from out.flush()
-
-    def _close(self) -> None:
-        if self._owned:
-            self._stream.close()
 
 
 def _line_ends(data: bytes) -> int | None:
@@ -520,29 +690,41 @@ class _Records:
 class _Blocks:
     """The input a block of whole lines at a time; `text` is the part not yet parsed."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, max_line: int) -> None:
         self._stream = stream
+        self._max_line = max_line
         self._carry = b""
         self._eof = False
         self._first = True
         self.text = ""
 
     def read(self) -> bytes:
-        """The next block's bytes; empty at the end of the input."""
-        data = self._carry
+        """The next block's bytes; empty at the end of the input. _Overflow when a line runs
+        past the line cap (give or take a block)."""
+        # The carry holds no LF, so each read is searched alone; pieces are joined once.
+        pieces = [self._carry]
+        size = len(self._carry)
         self._carry = b""
         while not self._eof:
             more = self._stream.read(BLOCK_BYTES)
             if not more:
                 self._eof = True
                 break
-            data += more
-            cut = data.rfind(b"\n") + 1
+            cut = more.rfind(b"\n") + 1
             if cut:
-                data, self._carry = data[:cut], data[cut:]
+                pieces.append(more[:cut])
+                self._carry = more[cut:]
                 break
+            pieces.append(more)
+            size += len(more)
+            if size > self._max_line:
+                raise _Overflow(
+                    f"a line is longer than {_mib(self._max_line)} (the cap on one line)"
+                )
+        data = b"".join(pieces)
         if self._first:
             self._first = False
+            _not_utf16(data)
             data = data.removeprefix(_BOM)
         return data
 
@@ -698,16 +880,21 @@ def _row_problem(row: list[str], joined: str) -> str | None:
 _BOM = b"\xef\xbb\xbf"
 
 
+def _mib(size: int) -> str:
+    return f"{size / 2**20:g} MiB"
+
+
 class _JsonlInput(InputFile):
     _map_needs_column = False
 
     def estimated_rows(self) -> int | None:
-        return _lines_estimate(self.path)
+        return _lines_estimate(self._opened)
 
-    def __init__(self, path: str, stream: BinaryIO, owned: bool) -> None:
-        super().__init__(path)
+    def __init__(self, opened: _Opened, stream: BinaryIO) -> None:
+        path = opened.path
+        super().__init__(path, opened)
         self._stream = stream
-        self._owned = owned
+        self._max_line = opened.max_line
         # Lines read while looking for the first object; chunks() reads them again first.
         self._pending: list[bytes] = []
         try:
@@ -715,8 +902,9 @@ class _JsonlInput(InputFile):
                 line = self._read_line()
                 if not line:
                     break
-                if not self._pending and line.startswith(_BOM):
-                    line = line[len(_BOM) :]
+                if not self._pending:
+                    _not_utf16(line)
+                    line = line.removeprefix(_BOM)
                 self._pending.append(line)
                 try:
                     obj = orjson.loads(line)
@@ -725,17 +913,17 @@ class _JsonlInput(InputFile):
                 if isinstance(obj, dict):
                     self.columns = [str(k) for k in obj]
                     break
-        except _STREAM_ERRORS as exc:
-            raise InputError(f"cannot read input {path!r}: {exc}") from exc
+        except _READ_ERRORS as exc:
+            raise InputError(f"cannot read input {path!r}: {_why(exc)}") from exc
         if not self._pending:
             raise InputError(f"input {path!r} is empty")
 
     def _read_line(self) -> bytes:
-        """The next line, or its first MAX_LINE bytes when it is longer (rest skipped)."""
-        line = self._stream.readline(MAX_LINE)
-        if len(line) >= MAX_LINE and not line.endswith(b"\n"):
+        """The next line, or its first max_line bytes when it is longer (rest skipped)."""
+        line = self._stream.readline(self._max_line)
+        if len(line) >= self._max_line and not line.endswith(b"\n"):
             # Skip the rest in pieces, so memory stays bounded and it counts as one row.
-            while (more := self._stream.readline(MAX_LINE)) and not more.endswith(b"\n"):
+            while (more := self._stream.readline(self._max_line)) and not more.endswith(b"\n"):
                 pass
         return line
 
@@ -753,7 +941,7 @@ class _JsonlInput(InputFile):
                 except orjson.JSONDecodeError:
                     obj = None
                 if not isinstance(obj, dict):
-                    too_long = len(line) >= MAX_LINE
+                    too_long = len(line) >= self._max_line
                     rejects.append(Reject(n, "", "field_too_large" if too_long else _bad(line)))
                 else:
                     cells = tuple(_cell(obj.get(c)) for c in columns)
@@ -765,15 +953,11 @@ class _JsonlInput(InputFile):
                 if len(rows) + len(rejects) == chunk_rows:
                     yield RawChunk(rows, values, rejects)
                     rows, values, rejects = [], [], []
-        except _STREAM_ERRORS as exc:
+        except _READ_ERRORS as exc:
             raise _unreadable(n, exc) from exc
         self._pending = []
         if rows or rejects:
             yield RawChunk(rows, values, rejects)
-
-    def _close(self) -> None:
-        if self._owned:
-            self._stream.close()
 
 
 def _bad(line: bytes) -> str:
@@ -801,8 +985,9 @@ def _cell(value: Any) -> str:
 
 
 class _ParquetInput(InputFile):
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
+    def __init__(self, opened: _Opened) -> None:
+        path = opened.path
+        super().__init__(path, opened)
         try:
             import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]  # lazily: parquet is optional
         except ImportError as exc:
@@ -810,11 +995,9 @@ class _ParquetInput(InputFile):
                 "reading parquet needs pyarrow: install audience-engine[parquet]"
             ) from exc
         try:
-            self._file = pq.ParquetFile(path)
-        except FileNotFoundError as exc:
-            raise InputError(f"cannot read input {path!r}: {exc.strerror or exc}") from exc
+            self._file = pq.ParquetFile(opened.raw)
         except Exception as exc:  # pyarrow raises several types for a file it cannot open
-            raise InputError(f"cannot read parquet file {path!r}: {exc}") from exc
+            raise InputError(f"cannot read parquet file {path!r}: {_why(exc)}") from exc
         self.columns = list(self._file.schema_arrow.names)
 
     def estimated_rows(self) -> int | None:
@@ -849,6 +1032,7 @@ class _ParquetInput(InputFile):
 
     def _close(self) -> None:
         self._file.close()
+        super()._close()
 
 
 def _texts(array: Any) -> tuple[list[str], bool]:

@@ -17,6 +17,7 @@ value), numbers their digits (94107.0, a zip in a column pandas turned into floa
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import numbers
@@ -31,7 +32,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeGuard
+from typing import Any, BinaryIO, TypeGuard, cast
 
 from .._errors import InputError
 from .._rows import RawChunk, Reject
@@ -55,7 +56,8 @@ class Rows:
 
 
 Source = str | os.PathLike[str] | Rows | Any
-"""What `upload()` reads: a path ("-" for stdin); an iterable or async iterable of dicts,
+"""What `upload()` reads: a path ("-" for stdin); a file opened in binary mode (its name
+tells the format); an iterable or async iterable of dicts,
 or of tuples/lists (in schema order, or named by `Rows`); a pandas or polars DataFrame; a
 pyarrow Table, RecordBatch or RecordBatchReader. Any, as DataFrame types are not imported."""
 
@@ -69,6 +71,10 @@ def open_source(source: Source, fmt: str | None = None) -> InputFile:
     """
     if isinstance(source, str | os.PathLike):
         return open_input(os.fspath(source), fmt)
+    if isinstance(source, io.TextIOBase):
+        raise TypeError("open the input file in binary mode ('rb')")
+    if isinstance(source, io.IOBase):
+        return open_input(file_name(source) or "<file>", fmt, cast(BinaryIO, source))
     _no_format(fmt)
     frame = _open_frame(source)
     if frame is not None:
@@ -91,6 +97,12 @@ async def aopen_source(source: Source, fmt: str | None = None) -> InputFile:
     items = aiter(data)
     first = await anext(items, _END)
     return _AsyncRows(_kind(data), first, columns, items)
+
+
+def file_name(source: Source) -> str | None:
+    """The path an open file was opened by, if it has one."""
+    name = getattr(source, "name", None) if isinstance(source, io.IOBase) else None
+    return name if isinstance(name, str) else None
 
 
 def _no_format(fmt: str | None) -> None:
@@ -323,7 +335,7 @@ async def _prepend(first: object, rest: AsyncIterator[object]) -> AsyncIterator[
 class _FrameInput(_MemoryInput):
     """Columnar data, read a slice of at most `chunk_rows` rows at a time, never copied whole.
 
-    Columns are found by position, so repeated names behave as in a CSV file (the first wins).
+    Columns are found by position; a repeated name bound to a key is refused, as in a CSV file.
     """
 
     def __init__(self, frame: Any, columns: list[str]) -> None:

@@ -32,7 +32,7 @@ from .._errors import (
 from .._graph.client import GraphClient
 from .._hashing.pool import hash_units
 from .._hashing.schema import NormalizeOptions, Schema
-from .._input.files import CsvBlock, InputFile, open_input
+from .._input.files import CsvBlock, InputFile
 from .._options import UploadJob, new_session_id
 from .._quota.limiter import AccountLimiter
 from .._report import ProgressFn, Report, Status, Tally
@@ -285,9 +285,9 @@ def _reread(job: UploadJob, source: InputFile) -> InputFile | None:
     """The input opened again at its start and bound as before; None when it cannot be
     read twice (stdin, a pipe, rows in memory) or is no longer the same file."""
     fingerprint = source.fingerprint()
-    if fingerprint in ("stdin", "stream", "memory") or not os.path.isfile(job.source):
+    if fingerprint in ("stdin", "stream", "memory"):
         return None
-    again = open_input(job.source, job.format)
+    again = source.reopen()
     if again.fingerprint() != fingerprint:
         again.close()
         return None

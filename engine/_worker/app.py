@@ -36,7 +36,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import prometheus_client
@@ -46,7 +46,7 @@ from aiohttp.typedefs import Handler, Middleware
 from .._api import Uploader
 from .._errors import ConfigError, InputError
 from .._report import Progress, ProgressFn
-from .intake import Intake, Refusal, with_intake
+from .intake import Intake, Refusal, open_allowed, with_intake
 from .jobs import STATES, UNFINISHED, Job, JobStore, State
 from .settings import (
     Layout,
@@ -258,9 +258,17 @@ class Worker:
 
     async def _upload(self, live: _Live) -> tuple[State, dict[str, Any] | None, str | None]:
         job = live.job
+        source: BinaryIO | str = job.input  # a body's hashed rows: the worker's own file
+        try:
+            if job.source == "path":
+                # Checked again, as at intake: the path may lead elsewhere by now. The job
+                # reads the file opened here, never the path.
+                source = await asyncio.to_thread(open_allowed, job.input, self._config.input_dirs)
+        except InputError as exc:
+            return "failed", None, str(exc)
         try:
             report = await self._uploader.upload(
-                job.input,
+                source,
                 **job.options,
                 access_token=self._secrets.token_for(job.ad_account),
                 checkpoint=self._layout.checkpoint(job.id),
@@ -276,6 +284,9 @@ class Worker:
         except Exception as exc:  # a bug fails its job, never the worker and the other jobs
             log.exception("job crashed")
             return "failed", None, f"internal error: {type(exc).__name__}"
+        finally:
+            if not isinstance(source, str):
+                source.close()
         data = with_intake(report.to_dict(), job.intake)
         if report.status == "interrupted" and live.cancel.is_set():
             return "cancelled", data, report.message  # what was sent and what was not

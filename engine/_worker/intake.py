@@ -1,24 +1,27 @@
 """Job requests: a `POST /jobs` turned into a Job ready to store, or a Refusal.
 
-A JSON body names an input path the worker reads; a CSV or JSON Lines body carries the
-rows themselves, with the options in the query string. Body rows are normalized and hashed
-here, in memory, with the engine's own rules, and only the hashes are written to the state
-dir (SPEC section 5): the job then uploads them with `prehashed=True`, and resumes from
-them after a restart like any file.
+A JSON body names an input path under the worker's input-dirs; a CSV or JSON Lines body
+carries the rows themselves, with the options in the query string. Body rows are normalized
+and hashed here, in memory, with the engine's own rules, and only the hashes are written to
+the state dir (SPEC section 5): the job then uploads them with `prehashed=True`, and resumes
+from them after a restart like any file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import errno
 import io
+import logging
 import os
+import stat
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 import orjson
 from aiohttp import web
@@ -32,7 +35,9 @@ from .._input.memory import Rows, open_source
 from .._options import UploadJob
 from .jobs import Job
 
-__all__ = ["Intake", "Refusal", "job_option", "with_intake"]
+__all__ = ["Intake", "Refusal", "job_option", "open_allowed", "with_intake"]
+
+log = logging.getLogger("engine.worker")
 
 
 class Refusal(Exception):
@@ -122,9 +127,63 @@ def _bind(source: InputFile, options: Mapping[str, Any]) -> Schema:
     return schema
 
 
-def _check_path(path: str, options: Mapping[str, Any]) -> None:
-    with open_source(path, options.get("format")) as source:
-        _bind(source, options)
+# Kernel views, never people lists: refused even under an input dir ("/" say).
+_PSEUDO = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def open_allowed(path: str, input_dirs: Sequence[Path]) -> BinaryIO:
+    """Open a job's input path for reading, if the operator allowed it (InputError if not).
+
+    The file must be a regular file whose real location is under one of `input_dirs`; both
+    are checked on the open descriptor, so a symlink or rename swapped in between cannot
+    lead elsewhere, and the caller reads that descriptor. Opening never blocks (O_NONBLOCK:
+    a FIFO is refused, not waited on). Messages never hold the file's content.
+    """
+    if "\x00" in path:
+        raise InputError("the input path holds a NUL byte")
+    if not input_dirs:
+        raise InputError(
+            "this worker reads no files (its config sets no input-dirs): send the rows in "
+            "the request body"
+        )
+    if not os.path.isabs(path):
+        raise InputError("input must be an absolute path")
+    roots = [Path(os.path.realpath(d)) for d in input_dirs]
+    # A first look by name, so that nothing outside is even opened (opening a device acts).
+    _check_under(Path(os.path.realpath(path)), roots)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError("input is a symbolic link; give the file's own path") from None
+        raise InputError(f"cannot read input {path!r}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError("input is not a regular file (a directory, pipe or device)")
+        # Where the open file really is, by the kernel: not the name it was opened by.
+        _check_under(Path(os.readlink(f"/proc/self/fd/{fd}")), roots)
+        os.set_blocking(fd, True)
+    except OSError as exc:
+        os.close(fd)
+        raise InputError(f"cannot check input {path!r}: {exc.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    # The file object takes the checked descriptor; its name (the path) tells the format.
+    return open(path, "rb", opener=lambda _path, _flags: fd)
+
+
+def _check_under(real: Path, roots: Sequence[Path]) -> None:
+    if any(real.is_relative_to(p) for p in _PSEUDO) or not any(
+        real.is_relative_to(root) for root in roots
+    ):
+        raise InputError("input is outside the worker's input-dirs")
+
+
+def _check_path(path: str, input_dirs: Sequence[Path], options: Mapping[str, Any]) -> None:
+    with open_allowed(path, input_dirs) as file, open_source(file, options.get("format")) as src:
+        _bind(src, options)
 
 
 def _body_rows(text: str, fmt: str) -> Rows:
@@ -209,7 +268,7 @@ class Intake:
         rows_file: Callable[[str], Path],
     ) -> None:
         self._defaults = dict(defaults)  # checked with job_option when the config was read
-        self._input_dirs = [Path(os.path.realpath(d)) for d in input_dirs]
+        self._input_dirs = list(input_dirs)
         self._token_for = token_for
         self._rows_file = rows_file
 
@@ -233,13 +292,22 @@ class Intake:
         self._check(options, path, fmt)
         try:
             if path is not None:
-                await asyncio.to_thread(_check_path, path, options)
+                # In a thread: file checks never hold up the event loop.
+                await asyncio.to_thread(_check_path, path, self._input_dirs, options)
+                _client_still_there(request)
                 return Job(job_id, "queued", "path", path, options)
             assert fmt is not None
             hashed = await asyncio.to_thread(_hash_body, await request.read(), fmt, options)
         except InputError as exc:
             raise Refusal(422, str(exc)) from None
-        return await self._hashed_job(job_id, fmt, options, hashed)
+        _client_still_there(request)
+        job = await self._hashed_job(job_id, fmt, options, hashed)
+        try:
+            _client_still_there(request)  # it may have left while the rows were written
+        except Refusal:
+            await asyncio.to_thread(Path(job.input).unlink, missing_ok=True)
+            raise
+        return job
 
     def _check(self, options: Mapping[str, Any], path: str | None, fmt: str | None) -> None:
         for required in ("audience", "ad_account"):
@@ -261,12 +329,6 @@ class Intake:
                 f"the worker has no access token for {options['ad_account']} "
                 "(in its environment or secrets file)",
             )
-        if path is not None:
-            if not os.path.isabs(path):
-                raise Refusal(422, "input must be an absolute path")
-            real = Path(os.path.realpath(path))
-            if self._input_dirs and not any(real.is_relative_to(d) for d in self._input_dirs):
-                raise Refusal(422, "input is outside the worker's input_dirs")
 
     async def _hashed_job(
         self, job_id: str, fmt: str, options: dict[str, Any], hashed: _Hashed
@@ -287,6 +349,14 @@ class Intake:
         )
         intake = {"rows_rejected": rejected, "rejected_by_reason": dict(hashed.rejected)}
         return Job(job_id, "queued", f"{fmt} body", str(path), options, intake=intake)
+
+
+def _client_still_there(request: web.Request) -> None:
+    """A request whose client left while it was checked is not made a job: nobody would
+    learn its id, and a retry would run it twice."""
+    if request.transport is None or request.transport.is_closing():
+        log.info("request dropped: the client went away before the job was accepted")
+        raise Refusal(400, "the client went away before the job was accepted")
 
 
 async def _json_fields(request: web.Request) -> dict[str, Any]:

@@ -120,7 +120,7 @@ class WorkerConfig:
     api_base: str = DEFAULT_API_BASE
     api_version: str = DEFAULT_API_VERSION
     secrets_file: Path | None = None
-    input_dirs: tuple[Path, ...] = ()  # empty: any path the worker can read
+    input_dirs: tuple[Path, ...] = ()  # where input paths may be; empty: rows in bodies only
     allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES  # Host header names, without the port
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -168,6 +168,9 @@ def load_config(path: Path) -> WorkerConfig:
         elif name == "input_dirs":
             dirs = _typed_setting(name, value, list)
             values[name] = tuple(base / _typed_setting(name, d, str) for d in dirs)
+            for directory in values[name]:
+                if not directory.is_dir():
+                    raise ConfigError(f"input-dirs: {directory} is not a directory")
         elif name == "allowed_hosts":
             hosts = _typed_setting(name, value, list)
             values[name] = tuple(_typed_setting(name, h, str).lower() for h in hosts)
