@@ -20,7 +20,7 @@ from engine._hashing.fast_email import encode_email_lines
 from engine._hashing.pool import hash_unit
 from engine._hashing.rules import normalize_value
 from engine._hashing.schema import KEYS, PLAIN_KEYS, NormalizeOptions, Schema
-from engine._input.files import CsvBlock
+from engine._input.blocks import CsvBlock
 from engine._pipeline.sender import encode_payload
 from engine._rows import EncodedChunk, RawChunk, Reject
 

@@ -17,8 +17,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from engine._errors import InputError
-from engine._input import files as readers
-from engine._input.files import BLOCK_BYTES, MAX_FIELD, MAX_LINE, CsvBlock, open_input
+from engine._input import blocks as readers
+from engine._input.blocks import BLOCK_BYTES, CsvBlock
+from engine._input.delimited import _line_ends
+from engine._input.files import open_input
+from engine._input.opening import MAX_FIELD, MAX_LINE
 from engine._rows import RawChunk
 
 Rows = list[tuple[int, tuple[str, ...]]]
@@ -680,4 +683,4 @@ def test_cell_lines_leave_long_lines_to_csv_reader(extra: int) -> None:
 def test_line_ends_counts_lines_unless_a_cr_stands_alone(text: str, crlf: bool) -> None:
     data = (text.replace("\n", "\r\n") if crlf else text).encode()
     lone_cr = data.count(b"\r") != data.count(b"\r\n")
-    assert readers._line_ends(data) == (None if lone_cr else data.count(b"\n"))
+    assert _line_ends(data) == (None if lone_cr else data.count(b"\n"))

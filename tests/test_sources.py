@@ -15,8 +15,9 @@ import pyarrow as pa
 import pytest
 
 from engine._errors import InputError
-from engine._input.files import MAX_FIELD, InputFile
 from engine._input.memory import Rows, aopen_source, open_source
+from engine._input.opening import MAX_FIELD
+from engine._input.source import InputFile
 from engine._rows import RawChunk, Reject
 
 PEOPLE = [

@@ -6,7 +6,7 @@ Kept apart from the pipeline so worker processes import only what this needs.
 
 from __future__ import annotations
 
-from .._input.files import CsvBlock
+from .._input.blocks import CsvBlock
 from .._rows import EncodedChunk, RawChunk
 from .encode import encode_chunk
 from .fast_email import encode_email_lines

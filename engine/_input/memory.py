@@ -36,7 +36,9 @@ from typing import Any, BinaryIO, TypeGuard, cast
 
 from .._errors import InputError
 from .._rows import RawChunk, Reject
-from .files import MAX_FIELD, InputFile, open_input
+from .files import open_input
+from .opening import MAX_FIELD
+from .source import InputFile
 
 __all__ = ["Rows", "Source", "aopen_source", "open_source"]
 

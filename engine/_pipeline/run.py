@@ -32,7 +32,9 @@ from .._errors import (
 from .._graph.client import GraphClient
 from .._hashing.pool import hash_units
 from .._hashing.schema import NormalizeOptions, Schema
-from .._input.files import CsvBlock, InputFile
+from .._input.blocks import CsvBlock
+from .._input.files import reopen_input
+from .._input.source import InputFile
 from .._options import UploadJob, new_session_id
 from .._quota.limiter import AccountLimiter
 from .._report import ProgressFn, Report, Status, Tally
@@ -287,7 +289,7 @@ def _reread(job: UploadJob, source: InputFile) -> InputFile | None:
     fingerprint = source.fingerprint()
     if fingerprint in ("stdin", "stream", "memory"):
         return None
-    again = source.reopen()
+    again = reopen_input(source)
     if again.fingerprint() != fingerprint:
         again.close()
         return None

@@ -30,8 +30,8 @@ from multidict import MultiMapping
 from .._errors import ConfigError, InputError
 from .._hashing.encode import normalize_chunk
 from .._hashing.schema import NormalizeOptions, Schema
-from .._input.files import InputFile
 from .._input.memory import Rows, open_source
+from .._input.source import InputFile
 from .._options import UploadJob
 from .jobs import Job
 

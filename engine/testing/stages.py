@@ -22,7 +22,9 @@ import orjson
 from .._graph.client import GraphClient, multipart_body
 from .._hashing.pool import hash_unit
 from .._hashing.schema import NormalizeOptions, Schema
-from .._input.files import CsvBlock, InputFile, open_input
+from .._input.blocks import CsvBlock
+from .._input.files import open_input
+from .._input.source import InputFile
 from .._pipeline.batcher import Batch, Batcher
 from .._pipeline.run import CHUNK_ROWS
 from .._pipeline.sender import encode_payload

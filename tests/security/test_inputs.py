@@ -17,13 +17,17 @@ EMAIL = "jane.doe.leak@example.com"
 PHONE = "+15551234567"
 SECRETS = (TOKEN, APP_SECRET, EMAIL, PHONE)
 # The CLI's peak RSS, printed by the process itself as it exits.
+# VmHWM, not getrusage's ru_maxrss: Linux carries the forking parent's peak over exec into
+# ru_maxrss, so a child of a big test process would report the test process's peak.
 _PEAK_RSS = """
-import resource, runpy, sys
+import re, runpy, sys
 sys.argv = ["engine", *sys.argv[1:]]
 try:
     runpy.run_module("engine", run_name="__main__")
 finally:
-    print(f"peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+    with open("/proc/self/status") as status:
+        peak = re.search(r"VmHWM:\\s*(\\d+) kB", status.read()).group(1)
+    print(f"peak_rss_kb={peak}", file=sys.stderr)
 """
 # Python, the engine and a small upload stay well below this; the attacks once took GBs.
 MAX_RSS_MB = 200
