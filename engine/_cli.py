@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(argv[1:])
         return EXIT_OK
     if argv[:1] == ["worker"]:
-        from ._worker.app import main as worker_main
+        from ._worker.main import main as worker_main
 
         return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
