@@ -261,7 +261,9 @@ async def test_secrets_never_appear_in_any_output(
 
 async def test_read_timeout_option_rescues_a_hung_request(fake: FakeGraph, people: Path) -> None:
     fake.hang_next(1, 60)
-    run = await run_cli(*upload_args(people, fake.base_url, "--read-timeout", "0.5"))
+    # 3 s, not less: on a loaded machine a healthy reply can take a second, and a shorter
+    # timeout would retry it too.
+    run = await run_cli(*upload_args(people, fake.base_url, "--read-timeout", "3"))
     assert run.code == 0, run.stderr
     assert run.report["retries"] == 1
     check_counts(run.report)
