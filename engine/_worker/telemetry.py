@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -17,13 +18,23 @@ from typing import Any
 
 import orjson
 import prometheus_client
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .._report import Progress
 from .jobs import Job, State
 
-__all__ = ["OTHER_ACCOUNTS", "JobGauges", "Metrics", "job_context", "setup_logging"]
+__all__ = [
+    "OTHER_ACCOUNTS",
+    "AccessLog",
+    "JobGauges",
+    "Metrics",
+    "job_context",
+    "redact",
+    "setup_logging",
+]
 
 # The ad_account label of every account past the cap on distinct labels.
 OTHER_ACCOUNTS = "other"
@@ -54,19 +65,54 @@ class _JobContext(logging.Filter):
         return True
 
 
+_REDACTED = "[redacted]"
+# A secret's name, then its value up to the next separator: in a query string, a form, JSON
+# or a header dump. Authorization keeps its scheme word (Bearer, Basic) and loses the rest.
+_SECRET_VALUE = re.compile(
+    r"""(?P<name>access_token|appsecret_proof|authorization)(?P<sep>["']?\s*[=:]\s*["']?)"""
+    r"""(?P<scheme>(?:bearer|basic|oauth)\s+)?[^\s"'&,;]+""",
+    re.IGNORECASE,
+)
+# A URL's query string, whatever its parameters are called.
+_QUERY = re.compile(r"""(?P<path>(?:https?://|/)[^\s?#"']*)\?[^\s#"']+""")
+
+
+def redact(text: str) -> str:
+    """`text` with query strings and the values of access_token, appsecret_proof and
+    Authorization replaced: every log line passes here, whoever wrote it and however."""
+    text = _SECRET_VALUE.sub(lambda m: f"{m['name']}{m['sep']}{m['scheme'] or ''}{_REDACTED}", text)
+    return _QUERY.sub(lambda m: f"{m['path']}?{_REDACTED}", text)
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
             "job_id": getattr(record, "job_id", None),
             "ad_account": getattr(record, "ad_account", None),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry).decode()
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request: who, the method and the path without its query string (where a
+    client may have put a token), the status, the size and the time taken. Never a header."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %s %s B %.3f s",
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            response.body_length,
+            time,
+        )
 
 
 def setup_logging(level: str) -> None:
