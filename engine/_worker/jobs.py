@@ -81,7 +81,9 @@ class Job:
             },
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "report": self.report,
+            # A running job's stored report is its previous run's (interrupted): its live
+            # progress says where it is until this run's report replaces it.
+            "report": None if self.state == "running" else self.report,
             "error": self.error,
         }
 
