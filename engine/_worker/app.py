@@ -161,7 +161,7 @@ class _Api:
             self._worker.check_room()  # before reading the body; submit checks again
             job = await self._intake.job(request)
             if job.intake:
-                self._metrics.rejected_on_arrival(job.ad_account, job.intake["rows_rejected"])
+                self._metrics.rejected_on_arrival(job.ad_account, job.intake["rejected_by_reason"])
             job = self._worker.submit(claim.stamp(job) if claim else job)
             with job_context(job):
                 log.info("job accepted for audience %s (%s)", job.audience_id, job.source)
