@@ -101,6 +101,8 @@ class Progress:
     batches_sent: int
     retries: int
     throttled: int
+    # {reason: count} of the rejected rows so far; its values add up to rows_rejected.
+    rejected_by_reason: Mapping[str, int] = field(default_factory=dict)
 
 
 ProgressFn = Callable[[Progress], None]
@@ -137,6 +139,7 @@ class Tally:
             self.batches_sent,
             self.retries,
             self.throttled,
+            dict(self.rejected_by_reason),
         )
 
     def _changed(self) -> None:

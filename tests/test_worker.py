@@ -336,7 +336,6 @@ async def test_metrics_and_logs_match_the_reports(
 
     fields = {
         "rows_read": "rows_read",
-        "rows_rejected": "rows_rejected",
         "rows_sent": "rows_sent",
         "batches_planned": "batches_total",
         "batches_sent": "batches_sent",
@@ -347,14 +346,20 @@ async def test_metrics_and_logs_match_the_reports(
         for account, report in reports.items():
             got = value(f"audience_engine_{metric}_total", ad_account=account)
             assert got == report[field], (metric, account)
+    for account, report in reports.items():
+        for reason, rows in report["rejected_by_reason"].items():
+            got = value("audience_engine_rows_rejected_total", ad_account=account, reason=reason)
+            assert got == rows, (account, reason)
+    assert any(r["rows_rejected"] for r in reports.values()), "no rejects: nothing checked"
     requests = {
         account: value("audience_engine_requests_total", ad_account=account, outcome="ok")
         for account in reports
     }
     assert requests == {a: r["batches_sent"] for a, r in reports.items()}
     assert value("audience_engine_requests_total", ad_account=ACT_1, outcome="transient") == 1
-    total = sum(r["batches_sent"] for r in reports.values()) + 1
-    assert value("audience_engine_request_duration_seconds_count") == total
+    total = sum(r["batches_sent"] for r in reports.values())
+    assert value("audience_engine_request_duration_seconds_count", outcome="ok") == total
+    assert value("audience_engine_request_duration_seconds_count", outcome="transient") == 1
     assert value("audience_engine_jobs", state="completed") == 2
     assert value("audience_engine_jobs", state="running") == 0
     assert value("audience_engine_jobs_waiting") == value("audience_engine_jobs_running") == 0

@@ -17,6 +17,7 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from .idempotency import Idempotency
 from .intake import Intake, Refusal
 from .jobs import STATES, Job
 from .scheduler import TERMINAL, Worker
@@ -127,6 +128,7 @@ class _Api:
         self._worker = worker
         self._intake = intake
         self._metrics = metrics
+        self._idempotency = Idempotency(worker.store)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -150,18 +152,24 @@ class _Api:
         return job
 
     async def submit(self, request: web.Request) -> web.Response:
-        if self._worker.draining:
-            raise Refusal(503, "the worker is shutting down; submit again later")
-        self._worker.check_room()  # before reading the body; submit checks again
-        job = await self._intake.job(request)
-        if job.intake:
-            self._metrics.rejected_on_arrival(job.ad_account, job.intake["rows_rejected"])
-        job = self._worker.submit(job)
-        with job_context(job):
-            log.info("job accepted for audience %s (%s)", job.audience_id, job.source)
-        return web.json_response(
-            self._view(job), status=201, headers={"Location": f"/jobs/{job.id}"}, dumps=dumps
-        )
+        async with self._idempotency.claim(request) as claim:
+            earlier = self._idempotency.earlier(claim) if claim else None
+            if earlier is not None:  # a retry: the job its first request made
+                return self._created(earlier, 200)
+            if self._worker.draining:
+                raise Refusal(503, "the worker is shutting down; submit again later")
+            self._worker.check_room()  # before reading the body; submit checks again
+            job = await self._intake.job(request)
+            if job.intake:
+                self._metrics.rejected_on_arrival(job.ad_account, job.intake["rejected_by_reason"])
+            job = self._worker.submit(claim.stamp(job) if claim else job)
+            with job_context(job):
+                log.info("job accepted for audience %s (%s)", job.audience_id, job.source)
+            return self._created(job, 201)
+
+    def _created(self, job: Job, status: int) -> web.Response:
+        headers = {"Location": f"/jobs/{job.id}"}
+        return web.json_response(self._view(job), status=status, headers=headers, dumps=dumps)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         state = request.query.get("state")

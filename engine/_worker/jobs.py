@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 """
+# Added after the first release: a table made before gets them on open.
+_ADDED_COLUMNS = {"idempotency_key": "TEXT", "request_digest": "TEXT"}
+_ADDED_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idempotency_key);"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,8 @@ class Job:
 
     `source` says where the rows came from ("path", "csv body", "jsonl body"); `intake`
     holds the counts of body rows rejected on arrival, which the engine never sees.
+    `idempotency_key` is the client's `Idempotency-Key`, and `request_digest` a digest of
+    the request that carried it, so a retry can be told from a different request.
     """
 
     id: str
@@ -58,6 +63,8 @@ class Job:
     error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    idempotency_key: str | None = None
+    request_digest: str | None = None
 
     @property
     def audience_id(self) -> str:
@@ -81,7 +88,9 @@ class Job:
             },
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "report": self.report,
+            # A running job's stored report is its previous run's (interrupted): its live
+            # progress says where it is until this run's report replaces it.
+            "report": None if self.state == "running" else self.report,
             "error": self.error,
         }
 
@@ -96,6 +105,11 @@ class JobStore:
         os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         # FULL: an accepted job (201 sent) must survive even a power cut, not only a kill.
         self._db = open_state_db(self.path, _SCHEMA, "FULL")
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        self._db.executescript(_ADDED_INDEXES)
 
     def close(self) -> None:
         self._db.close()
@@ -103,8 +117,8 @@ class JobStore:
     def add(self, job: Job) -> Job:
         now = time.time()
         self._db.execute(
-            "INSERT INTO jobs (id, state, source, input, options, intake, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, state, source, input, options, intake, created_at, updated_at,"
+            " idempotency_key, request_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job.id,
                 job.state,
@@ -114,12 +128,23 @@ class JobStore:
                 _dump(job.intake),
                 now,
                 now,
+                job.idempotency_key,
+                job.request_digest,
             ),
         )
         return self._get(job.id)
 
     def get(self, job_id: str) -> Job | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def by_idempotency_key(self, key: str, since: float) -> Job | None:
+        """The newest job accepted at or after `since` (epoch seconds) with this key."""
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ? AND created_at >= ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (key, since),
+        ).fetchone()
         return _job(row) if row else None
 
     def _get(self, job_id: str) -> Job:
@@ -175,11 +200,14 @@ class JobStore:
         return counts
 
 
-_COLUMNS = "id, state, source, input, options, intake, report, error, created_at, updated_at"
+_COLUMNS = (
+    "id, state, source, input, options, intake, report, error, created_at, updated_at,"
+    " idempotency_key, request_digest"
+)
 
 
 def _job(row: tuple[Any, ...]) -> Job:
-    job_id, state, source, path, options, intake, report, error, created, updated = row
+    job_id, state, source, path, options, intake, report, error, created, updated, key, digest = row
     return Job(
         id=job_id,
         state=state,
@@ -191,6 +219,8 @@ def _job(row: tuple[Any, ...]) -> Job:
         error=error,
         created_at=created,
         updated_at=updated,
+        idempotency_key=key,
+        request_digest=digest,
     )
 
 

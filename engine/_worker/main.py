@@ -50,7 +50,7 @@ from .settings import (
     load_secrets,
     tls_context,
 )
-from .telemetry import JobGauges, Metrics, setup_logging
+from .telemetry import AccessLog, JobGauges, Metrics, setup_logging
 
 __all__ = ["main"]
 
@@ -110,6 +110,7 @@ async def serve(
             runner = web.AppRunner(
                 make_app(config, secrets, worker, intake, metrics),
                 keepalive_timeout=config.header_timeout_s,
+                access_log_class=AccessLog,
             )
             await runner.setup()
             try:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.metadata
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -17,13 +19,24 @@ from typing import Any
 
 import orjson
 import prometheus_client
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .._hashing.schema import KEYS
 from .._report import Progress
 from .jobs import Job, State
 
-__all__ = ["OTHER_ACCOUNTS", "JobGauges", "Metrics", "job_context", "setup_logging"]
+__all__ = [
+    "OTHER_ACCOUNTS",
+    "AccessLog",
+    "JobGauges",
+    "Metrics",
+    "job_context",
+    "redact",
+    "setup_logging",
+]
 
 # The ad_account label of every account past the cap on distinct labels.
 OTHER_ACCOUNTS = "other"
@@ -54,19 +67,54 @@ class _JobContext(logging.Filter):
         return True
 
 
+_REDACTED = "[redacted]"
+# A secret's name, then its value up to the next separator: in a query string, a form, JSON
+# or a header dump. Authorization keeps its scheme word (Bearer, Basic) and loses the rest.
+_SECRET_VALUE = re.compile(
+    r"""(?P<name>access_token|appsecret_proof|authorization)(?P<sep>["']?\s*[=:]\s*["']?)"""
+    r"""(?P<scheme>(?:bearer|basic|oauth)\s+)?[^\s"'&,;]+""",
+    re.IGNORECASE,
+)
+# A URL's query string, whatever its parameters are called.
+_QUERY = re.compile(r"""(?P<path>(?:https?://|/)[^\s?#"']*)\?[^\s#"']+""")
+
+
+def redact(text: str) -> str:
+    """`text` with query strings and the values of access_token, appsecret_proof and
+    Authorization replaced: every log line passes here, whoever wrote it and however."""
+    text = _SECRET_VALUE.sub(lambda m: f"{m['name']}{m['sep']}{m['scheme'] or ''}{_REDACTED}", text)
+    return _QUERY.sub(lambda m: f"{m['path']}?{_REDACTED}", text)
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
             "job_id": getattr(record, "job_id", None),
             "ad_account": getattr(record, "ad_account", None),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry).decode()
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request: who, the method and the path without its query string (where a
+    client may have put a token), the status, the size and the time taken. Never a header."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %s %s B %.3f s",
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            response.body_length,
+            time,
+        )
 
 
 def setup_logging(level: str) -> None:
@@ -82,7 +130,6 @@ def setup_logging(level: str) -> None:
 # Progress field -> metric (a counter per ad account) and its help text.
 _PROGRESS_METRICS = {
     "rows_read": ("rows_read", "Data rows read from job inputs"),
-    "rows_rejected": ("rows_rejected", "Rows rejected as invalid or unreadable"),
     "rows_sent": ("rows_sent", "Rows in batches the API acknowledged"),
     "batches_total": ("batches_planned", "Batches cut from job inputs"),
     "batches_sent": ("batches_sent", "Batches the API acknowledged"),
@@ -90,6 +137,38 @@ _PROGRESS_METRICS = {
     "throttled": ("throttled", "Throttling answers from the API"),
 }
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+# The reason label of rejected rows: the codes of the readers and the normalizer
+# (docs/normalization.md). Any other (a caller's own engine.Reject reason) is OTHER_REASON,
+# so the label's values stay a fixed, small set.
+OTHER_REASON = "other"
+_REASONS = frozenset(
+    {
+        "blank_line",
+        "ragged_row",
+        "malformed_csv",
+        "field_too_large",
+        "bad_encoding",
+        "invalid_json",
+        "invalid_row",
+        "unsupported_value",
+        "empty_row",
+        "invalid_hash",
+        "no_identifying_key",
+        *(f"invalid_{key.lower()}" for key in KEYS),
+    }
+)
+
+
+def _reason_label(reason: str) -> str:
+    return reason if reason in _REASONS else OTHER_REASON
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("audience-engine")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
 
 
 class _AccountLabels:
@@ -158,12 +237,25 @@ class Metrics:
     def __init__(self, max_accounts: int) -> None:
         self.registry = CollectorRegistry()
         self._label = _AccountLabels(max_accounts)
+        # The process's own: CPU, memory, open files, GC, the Python version.
+        prometheus_client.ProcessCollector(registry=self.registry)
+        prometheus_client.PlatformCollector(registry=self.registry)
+        prometheus_client.GCCollector(registry=self.registry)
+        prometheus_client.Info(
+            "audience_engine_build", "The running audience-engine", registry=self.registry
+        ).info({"version": _version()})
         self._progress = {
             attr: prometheus_client.Counter(
                 f"audience_engine_{name}", doc, ["ad_account"], registry=self.registry
             )
             for attr, (name, doc) in _PROGRESS_METRICS.items()
         }
+        self._rejected = prometheus_client.Counter(
+            "audience_engine_rows_rejected",
+            "Rows rejected as invalid or unreadable, by reason",
+            ["ad_account", "reason"],
+            registry=self.registry,
+        )
         self._requests = prometheus_client.Counter(
             "audience_engine_requests",
             "Graph API requests by outcome (ok, throttled, transient, permanent, transport)",
@@ -172,7 +264,8 @@ class Metrics:
         )
         self._latency = prometheus_client.Histogram(
             "audience_engine_request_duration_seconds",
-            "Graph API request latency",
+            "Graph API request latency by outcome",
+            ["outcome"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -184,7 +277,7 @@ class Metrics:
     def on_request(self, outcome: str, seconds: float) -> None:
         """`Uploader(on_request=...)`: runs inside the job's task, so it knows the account."""
         self._requests.labels(self._label(_ad_account.get() or ""), outcome).inc()
-        self._latency.observe(seconds)
+        self._latency.labels(outcome).observe(seconds)
 
     def progressed(self, ad_account: str, before: Progress | None, after: Progress) -> None:
         """Counter increments from a job's cumulative progress events."""
@@ -192,13 +285,22 @@ class Metrics:
             delta = getattr(after, attr) - (getattr(before, attr) if before else 0)
             if delta > 0:
                 counter.labels(self._label(ad_account)).inc(delta)
+        earlier = before.rejected_by_reason if before else {}
+        self._count_rejected(
+            ad_account, {r: n - earlier.get(r, 0) for r, n in after.rejected_by_reason.items()}
+        )
 
-    def rejected_on_arrival(self, ad_account: str, rows: int) -> None:
+    def rejected_on_arrival(self, ad_account: str, by_reason: Mapping[str, int]) -> None:
         """Body rows rejected while hashing on arrival: read and rejected, never in a job run."""
+        rows = sum(by_reason.values())
         if rows:
-            label = self._label(ad_account)
-            self._progress["rows_read"].labels(label).inc(rows)
-            self._progress["rows_rejected"].labels(label).inc(rows)
+            self._progress["rows_read"].labels(self._label(ad_account)).inc(rows)
+            self._count_rejected(ad_account, by_reason)
+
+    def _count_rejected(self, ad_account: str, by_reason: Mapping[str, int]) -> None:
+        for reason, rows in by_reason.items():
+            if rows > 0:
+                self._rejected.labels(self._label(ad_account), _reason_label(reason)).inc(rows)
 
     def render(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)
