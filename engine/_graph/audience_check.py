@@ -134,12 +134,12 @@ def _size_warnings(audience: AudienceInfo, job: UploadJob, rows: int | None) -> 
             f"people, below the {MIN_USEFUL_AUDIENCE} Meta needs to deliver ads to it"
         )
     upper = audience.approximate_count_upper_bound
-    if job.mode == "remove" and upper is not None:
-        if upper < MIN_USEFUL_AUDIENCE or (rows is not None and upper - rows < MIN_USEFUL_AUDIENCE):
-            warnings.append(
-                f"audience {job.audience_id}: it holds at most about {upper} people and the "
-                f"remove may leave it below the {MIN_USEFUL_AUDIENCE} Meta needs to deliver ads"
-            )
+    left = None if upper is None else upper - (rows or 0)
+    if job.mode == "remove" and left is not None and left < MIN_USEFUL_AUDIENCE:
+        warnings.append(
+            f"audience {job.audience_id}: it holds at most about {upper} people and the "
+            f"remove may leave it below the {MIN_USEFUL_AUDIENCE} Meta needs to deliver ads"
+        )
     for warning in warnings:
         log.warning("%s", warning)
     return warnings

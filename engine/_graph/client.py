@@ -181,9 +181,7 @@ class GraphClient:
         """POST a form to a Graph edge, the token in the body."""
         form = {k: v.encode() for k, v in fields.items()}
         parts, ctype = multipart_parts({**form, **self._auth})
-        return await self._request(
-            "POST", f"{self._base}/{path}", data=_PartsPayload(parts, ctype)
-        )
+        return await self._request("POST", f"{self._base}/{path}", data=_PartsPayload(parts, ctype))
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> Reply:
         try:

@@ -183,7 +183,9 @@ class _ChunkCounter:
         profile.rows_sendable += sendable
         keys = [k for k in self.schema.keys if k != VALUE_KEY]
         if len(keys) == 1:
-            row_hashes = _hex(keys[0], list(compress(columns[self.schema.keys.index(keys[0])], ids[0])))
+            row_hashes = _hex(
+                keys[0], list(compress(columns[self.schema.keys.index(keys[0])], ids[0]))
+            )
         else:
             # An invalid cell reads "None" here: no hash, and (nearly) no id, is written so.
             at = [self.schema.keys.index(k) for k in keys]

@@ -29,10 +29,10 @@ from .._errors import (
     ReplaceRestart,
     RetriesExhausted,
 )
+from .._graph.audience_check import check_audience
 from .._graph.client import GraphClient
 from .._hashing.pool import hash_units
 from .._hashing.schema import NormalizeOptions, Schema
-from .._graph.audience_check import check_audience
 from .._input.files import CsvBlock, InputFile
 from .._inspect.run import Inspector
 from .._options import UploadJob, new_session_id
