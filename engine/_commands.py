@@ -9,18 +9,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ._errors import ApiError, InputError, TransportError
-from ._graph.audience import (
-    CUSTOMER_FILE_SOURCES,
-    AudienceInfo,
-    create_audience,
-    list_audiences,
-    read_audience,
-)
-from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient
+from ._graph.audience import CUSTOMER_FILE_SOURCES, AudienceInfo, Audiences
+from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
 from ._inspect.result import page, table
 from ._inspect.run import ainspect
 from ._options import Option, job_options
@@ -99,27 +92,15 @@ def _write(path: str | None, data: bytes) -> None:
 
 
 async def _audiences(args: argparse.Namespace) -> int:
-    token = os.environ.get("META_ACCESS_TOKEN")
-    if not token:
-        raise InputError("no access token: set META_ACCESS_TOKEN")
-    async with aiohttp.ClientSession() as http:
-        client = GraphClient(
-            http,
-            access_token=token,
-            app_secret=os.environ.get("META_APP_SECRET"),
-            api_base=args.api_base,
-            api_version=args.api_version,
-            timeout=aiohttp.ClientTimeout(total=60),
-        )
-        try:
+    try:
+        async with Audiences(api_base=args.api_base, api_version=args.api_version) as audiences:
             if args.verb == "list":
-                found = await list_audiences(client, args.ad_account)
+                found = await audiences.list(args.ad_account)
             elif args.verb == "show":
-                found = [await read_audience(client, args.audience)]
+                found = [await audiences.show(args.audience)]
             else:
                 found = [
-                    await create_audience(
-                        client,
+                    await audiences.create(
                         args.ad_account,
                         name=args.name,
                         description=args.description,
@@ -127,9 +108,9 @@ async def _audiences(args: argparse.Namespace) -> int:
                         value_based=args.value_based,
                     )
                 ]
-        except (ApiError, TransportError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+    except (ApiError, TransportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
         out: Any = [a.to_dict() for a in found] if args.verb == "list" else found[0].to_dict()
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -3,12 +3,15 @@ Meta's field names throughout (docs/audiences.md)."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from .._errors import ConfigError
-from .client import GraphClient
+import aiohttp
+
+from .._errors import ConfigError, InputError
+from .client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient
 
 # The fields read for every audience: what the checks before an upload look at.
 FIELDS = (
@@ -147,3 +150,61 @@ async def create_audience(
         fields["description"] = description
     reply = await client.create(f"{check_account(ad_account)}/customaudiences", fields)
     return await read_audience(client, str(reply.body.get("id", "")))
+
+
+class Audiences:
+    """Custom Audiences of the library: `async with Audiences() as a: await a.list("act_1")`.
+    The token and app secret default to META_ACCESS_TOKEN and META_APP_SECRET."""
+
+    def __init__(
+        self,
+        *,
+        access_token: str | None = None,
+        app_secret: str | None = None,
+        api_base: str = DEFAULT_API_BASE,
+        api_version: str = DEFAULT_API_VERSION,
+    ) -> None:
+        token = access_token or os.environ.get("META_ACCESS_TOKEN")
+        if not token:
+            raise InputError("no access token: pass access_token or set META_ACCESS_TOKEN")
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        self._client = GraphClient(
+            self._http,
+            access_token=token,
+            app_secret=app_secret or os.environ.get("META_APP_SECRET"),
+            api_base=api_base,
+            api_version=api_version,
+        )
+
+    def __repr__(self) -> str:
+        return f"Audiences({self._client!r})"
+
+    async def __aenter__(self) -> Audiences:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.close()
+
+    async def list(self, ad_account: str) -> list[AudienceInfo]:
+        return await list_audiences(self._client, ad_account)
+
+    async def show(self, audience_id: str | int) -> AudienceInfo:
+        return await read_audience(self._client, str(audience_id))
+
+    async def create(
+        self,
+        ad_account: str,
+        *,
+        name: str,
+        customer_file_source: CustomerFileSource,
+        description: str | None = None,
+        value_based: bool = False,
+    ) -> AudienceInfo:
+        return await create_audience(
+            self._client,
+            ad_account,
+            name=name,
+            customer_file_source=customer_file_source,
+            description=description,
+            value_based=value_based,
+        )
