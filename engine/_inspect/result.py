@@ -151,7 +151,7 @@ def table(result: Inspection) -> str:
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:60em}
 h1{font-size:1.4em}table{border-collapse:collapse;width:100%;margin:1em 0}
-td,th{padding:.35em .6em;border-bottom:1px solid #ddd;text-align:right}
+td,th{padding:.35em .6em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
 td:first-child,th:first-child{text-align:left}
 .bar{background:#eee;width:10em;height:.8em;display:inline-block;vertical-align:middle}
 .bar span{display:block;height:100%;background:#3a7bd5}
