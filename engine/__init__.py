@@ -6,7 +6,8 @@
 `Uploader` runs many uploads over one connection pool with one rate limiter per ad account;
 `upload` and `upload_sync` are one-off shortcuts; `UploadOptions` types their keywords.
 Every call returns a `Report`. `hash_rows` hashes rows without uploading them (for work split
-across machines). Test support, with the offline fake of the Graph API, is `engine.testing`.
+across machines). `inspect` looks at a list before it is sent; `Audiences` lists, shows and
+creates Custom Audiences. Test support, with the offline fake of the Graph API, is `engine.testing`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from ._rows import Reject
 
 if TYPE_CHECKING:
     from ._api import Uploader, UploadOptions, upload, upload_sync
+    from ._graph.audience import AudienceInfo, Audiences
     from ._hashing.rows import hash_rows
     from ._input.memory import Rows
+    from ._inspect.result import Inspection, KeyInspection
+    from ._inspect.run import ainspect, inspect
     from ._quota.limiter import LimiterConfig
 
 # Loaded on first use: hashing worker processes import this package too, and aiohttp alone
@@ -34,14 +38,24 @@ _LAZY = {
     "LimiterConfig": "_quota.limiter",
     "Rows": "_input.memory",
     "hash_rows": "_hashing.rows",
+    "AudienceInfo": "_graph.audience",
+    "Audiences": "_graph.audience",
+    "Inspection": "_inspect.result",
+    "KeyInspection": "_inspect.result",
+    "inspect": "_inspect.run",
+    "ainspect": "_inspect.run",
 }
 
 __all__ = [
     "ApiError",
+    "AudienceInfo",
+    "Audiences",
     "ConfigError",
     "EngineError",
     "ErrorInfo",
     "InputError",
+    "Inspection",
+    "KeyInspection",
     "LimiterConfig",
     "Progress",
     "Reject",
@@ -49,7 +63,9 @@ __all__ = [
     "Rows",
     "UploadOptions",
     "Uploader",
+    "ainspect",
     "hash_rows",
+    "inspect",
     "upload",
     "upload_sync",
 ]

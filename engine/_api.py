@@ -53,6 +53,7 @@ class UploadOptions(_Target, total=False):
     workers: int | None
     session_id: int | None
     dry_run: bool
+    skip_audience_check: bool
     allow_empty_replace: bool
     rejects_path: str | os.PathLike[str] | None
     max_retries: int
@@ -152,6 +153,7 @@ class Uploader:
         workers: int | None = None,
         session_id: int | None = None,
         dry_run: bool = False,
+        skip_audience_check: bool = False,
         allow_empty_replace: bool = False,
         rejects_path: str | os.PathLike[str] | None = None,
         max_retries: int = 8,
@@ -183,7 +185,10 @@ class Uploader:
         flight finish and the report says "interrupted". Setting `cancel` ends it for good:
         the same, but a replace under way is closed first (the batch due next goes as its
         last, and the call returns once Meta has finished the replace), and the report's
-        message says what was sent. `progress` receives running counts.
+        message says what was sent. `progress` receives running counts. Before batch 1 the
+        audience is read and a wrong one refused (AudienceRefused, an InputError), unless
+        `skip_audience_check`; a dry run sends nothing and inspects the list instead
+        (the report's `inspection`; docs/inspect.md).
 
         With `checkpoint` (a SQLite file path), every acknowledged batch is recorded there,
         and calling `upload` again with the same checkpoint and input resumes the job in the
@@ -218,6 +223,7 @@ class Uploader:
             api_version=self._api_version,
             session_id=session_id,
             dry_run=dry_run,
+            skip_audience_check=skip_audience_check,
             allow_empty_replace=allow_empty_replace,
             rejects_path=os.fspath(rejects_path) if rejects_path is not None else None,
             max_retries=max_retries,

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from ._api import Uploader
+from ._commands import COMMANDS, add_commands, run_command
 from ._errors import InputError
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
 from ._options import Option, check_bounds, job_options
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--checkpoint", required=True, help="the job's progress file")
     demo = sub.add_parser("demo", help="upload a generated file to the built-in fake Graph API")
     demo.add_argument("--rows", type=int, default=50_000)
+    add_commands(sub, _argument, _help)
     return parser
 
 
@@ -379,11 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo(args.rows)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
+        if args.command in COMMANDS:
+            return _run(run_command(args))
         return _run(_upload(_options(args)))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

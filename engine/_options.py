@@ -172,7 +172,15 @@ class UploadJob:
         kind=int,
         bound=Bound(True, 1, 2**63 - 1),
     )
-    dry_run: bool = option(False, "read, normalize, hash, batch and report; send nothing")
+    dry_run: bool = option(
+        False, "read, normalize, hash, batch, inspect the list and report; send nothing"
+    )
+    skip_audience_check: bool = option(
+        False,
+        "send without reading the audience first (docs/audiences.md)",
+        flag="--no-audience-check",
+        worker=True,
+    )
     allow_empty_replace: bool = option(
         False, "let a replace with zero valid rows empty the audience", worker=True
     )

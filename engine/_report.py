@@ -51,6 +51,8 @@ class Report:
     resumed: bool = False
     # Batches the API acknowledged that the checkpoint could not record (see the README).
     unrecorded_batches: tuple[Mapping[str, Any], ...] = ()
+    # A dry run's inspection of the list (docs/inspect.md); None for uploads.
+    inspection: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -59,6 +61,7 @@ class Report:
             "error",
             "sessions",
             "unrecorded_batches",
+            "inspection",
         ):
             # The fields are frozen; this is how a frozen dataclass sets its own in __init__.
             object.__setattr__(self, name, _read_only(getattr(self, name)))
@@ -189,6 +192,7 @@ class Tally:
         sessions: list[dict[str, Any]] | None = None,
         resumed: bool = False,
         unrecorded_batches: list[dict[str, Any]] | None = None,
+        inspection: dict[str, Any] | None = None,
     ) -> Report:
         elapsed = time.monotonic() - self.started
         return Report(
@@ -216,4 +220,5 @@ class Tally:
             sessions=tuple(sessions or ()),
             resumed=resumed,
             unrecorded_batches=tuple(unrecorded_batches or ()),
+            inspection=inspection,
         )

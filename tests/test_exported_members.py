@@ -11,10 +11,14 @@ import engine.testing
 def test_engine_exports_exactly_its_public_api() -> None:
     assert sorted(engine.__all__) == [
         "ApiError",
+        "AudienceInfo",
+        "Audiences",
         "ConfigError",
         "EngineError",
         "ErrorInfo",
         "InputError",
+        "Inspection",
+        "KeyInspection",
         "LimiterConfig",
         "Progress",
         "Reject",
@@ -22,7 +26,9 @@ def test_engine_exports_exactly_its_public_api() -> None:
         "Rows",
         "UploadOptions",
         "Uploader",
+        "ainspect",
         "hash_rows",
+        "inspect",
         "upload",
         "upload_sync",
     ]

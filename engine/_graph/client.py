@@ -171,6 +171,18 @@ class GraphClient:
             return str(status.get("description", "unknown"))
         return "unknown"
 
+    async def read(self, path: str, params: Mapping[str, str]) -> Reply:
+        """GET a Graph object or edge (`path` after the version, e.g. "123" or
+        "act_1/customaudiences"); the token goes in the query, as a GET has no body."""
+        query = {**params, **{k: v.decode() for k, v in self._auth.items()}}
+        return await self._request("GET", f"{self._base}/{path}", params=query)
+
+    async def create(self, path: str, fields: Mapping[str, str]) -> Reply:
+        """POST a form to a Graph edge, the token in the body."""
+        form = {k: v.encode() for k, v in fields.items()}
+        parts, ctype = multipart_parts({**form, **self._auth})
+        return await self._request("POST", f"{self._base}/{path}", data=_PartsPayload(parts, ctype))
+
     async def _request(self, method: str, url: str, **kwargs: Any) -> Reply:
         try:
             if self._timeout is not None:

@@ -24,3 +24,10 @@ REPLACE_TIMED_OUT = 1870158  # the window passed: the rest goes in by add
 REPLACE_FINISHED = 1870159  # the replace already ended: the rest goes in by add
 REPLACE_NO_FIRST_BATCH = 1870147  # Meta saw no batch 1: the job stops
 REPLACE_TOO_LARGE = 1870144  # no replace for audiences of 100 million or more
+
+# An audience smaller than this many matched people is too small to deliver ads to or to seed
+# a lookalike.
+MIN_USEFUL_AUDIENCE = 100
+CUSTOMER_FILE_SUBTYPE = "CUSTOM"
+FLAGGED_STATUS = 471  # operation_status code of an audience flagged for integrity: no uploads
+REPLACING_STATUS = "replace_in_progress"

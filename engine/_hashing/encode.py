@@ -24,6 +24,9 @@ from .schema import CACHED_KEYS, PLAIN_KEYS, VALUE_KEY, Cell, NormalizeOptions, 
 
 CellFn = Callable[[str], Cell | None]
 
+Observer = Callable[[Sequence[tuple[str, ...]], list[list[Cell | None]]], None]
+"""Sees a chunk's raw rows and its columns as normalized (None where a cell is invalid)."""
+
 
 ColumnFn = Callable[[Sequence[str]], list[Cell | None]]
 
@@ -136,9 +139,12 @@ def normalize_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) 
     return HashedChunk(numbers, data, rejects, chunk.rows_read)
 
 
-def encode_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) -> EncodedChunk:
-    """`normalize_chunk`, with each row already serialized as it goes in the payload."""
-    numbers, columns, rejects = _normalized(chunk, schema, options)
+def encode_chunk(
+    chunk: RawChunk, schema: Schema, options: NormalizeOptions, observe: Observer | None = None
+) -> EncodedChunk:
+    """`normalize_chunk`, with each row already serialized as it goes in the payload;
+    `observe` sees the chunk's cells before invalid ones are blanked (the inspection)."""
+    numbers, columns, rejects = _normalized(chunk, schema, options, observe)
     rows: Sequence[object] = columns[0] if schema.single_key else list(zip(*columns, strict=True))
     if PLAIN_KEYS.isdisjoint(schema.keys):
         # Every cell is a hex digest or "", which JSON writes as its text in quotes: one dump
@@ -161,7 +167,7 @@ def encode_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) -> 
 
 
 def _normalized(
-    chunk: RawChunk, schema: Schema, options: NormalizeOptions
+    chunk: RawChunk, schema: Schema, options: NormalizeOptions, observe: Observer | None = None
 ) -> tuple[list[int], list[list[Cell]], list[Reject]]:
     """The row numbers of the rows sent, their payload cells column by column, and the
     rejects (the reader's and this chunk's, in input order)."""
@@ -194,6 +200,8 @@ def _normalized(
         fn(list(map(itemgetter(k), values)))
         for k, fn in enumerate(_column_functions(schema, options))
     ]
+    if observe is not None:
+        observe(values, columns)
 
     ids = [columns[i] for i in id_at]
     # A row is sent when one identifier is valid and not empty, so only rows whose first

@@ -29,12 +29,14 @@ from .._errors import (
     ReplaceRestart,
     RetriesExhausted,
 )
+from .._graph.audience_check import check_audience
 from .._graph.client import GraphClient
 from .._hashing.pool import hash_units
 from .._hashing.schema import NormalizeOptions, Schema
 from .._input.blocks import CsvBlock
 from .._input.files import reopen_input
 from .._input.source import InputFile
+from .._inspect.run import Inspector
 from .._options import UploadJob, new_session_id
 from .._quota.limiter import AccountLimiter
 from .._report import ProgressFn, Report, Status, Tally
@@ -70,6 +72,7 @@ async def run_job(
     stop: asyncio.Event | None = None,
     on_request: RequestHook | None = None,
     cancel: asyncio.Event | None = None,
+    inspector: Inspector | None = None,
 ) -> Report:
     """Run one upload to the end and report it (`client` is None for a dry run).
 
@@ -85,6 +88,11 @@ async def run_job(
     again resumes where it stopped.
     """
     schema = _bind_schema(job, source)
+    warnings: list[str] = []
+    if client is not None and not job.skip_audience_check:  # before anything is sent
+        warnings = await check_audience(client, job, schema, source.estimated_rows())
+    if client is None:  # every dry run inspects the list (docs/inspect.md)
+        (inspector := inspector or Inspector()).bind(schema)
     with _journal(job, schema, source) as journal, ExitStack() as reopened:
         first = journal.sessions[0]
         # Counts of earlier runs of a resumed job are the job's too, from the first event on.
@@ -121,7 +129,7 @@ async def run_job(
             with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
                 stages = [
                     _read(source, raw, None if client is None else (bad_input, halt)),
-                    _normalize(raw, hashed, schema, options, pool),
+                    _normalize(raw, hashed, schema, options, pool, inspector),
                 ]
                 if client is None:
                     stages.append(_batch(hashed, batches, job, tally, write_rejects, None))
@@ -192,6 +200,7 @@ async def run_job(
                     status, error, message = "failed", exc.info, str(exc)
             break
         notes = [*(sending.notes if sending else []), *([message] if message else [])]
+        notes[:0] = warnings
         if journal.unrecorded:
             notes.append(
                 f"{len(journal.unrecorded)} batches the API acknowledged are not in the "
@@ -205,6 +214,7 @@ async def run_job(
             sessions=[{"session_id": s.session_id, "mode": s.mode} for s in journal.sessions],
             resumed=journal.resumed_run,
             unrecorded_batches=[ack_to_report(a) for _, a in sorted(journal.unrecorded.items())],
+            inspection=inspector.result().to_dict() if inspector else None,
         )
 
 
@@ -374,6 +384,7 @@ async def _normalize(
     schema: Schema,
     options: NormalizeOptions,
     pool: Executor | None,
+    inspector: Inspector | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     pending: deque[asyncio.Future[list[EncodedChunk]]] = deque()
@@ -390,9 +401,11 @@ async def _normalize(
             units.append(unit)
         if units:
             # In order: results are awaited oldest first, so batches stay deterministic.
-            pending.append(loop.run_in_executor(pool, hash_units, units, schema, options))
+            work = hash_units if inspector is None else inspector.work()
+            pending.append(loop.run_in_executor(pool, work, units, schema, options))
         while pending and (done or len(pending) >= window):
-            for chunk in await pending.popleft():
+            done_units = await pending.popleft()
+            for chunk in done_units if inspector is None else inspector.take(done_units):
                 await out.put(chunk)
     await out.put(None)
 

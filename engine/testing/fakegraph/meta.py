@@ -148,3 +148,28 @@ def replace_error(subcode: int) -> GraphError:
 def bad_parameter(message: str) -> GraphError:
     """Code 100: a parameter Meta cannot accept."""
     return GraphError(100, f"(#100) {message}")
+
+
+TERMS_NOT_ACCEPTED = 1870090
+
+
+def no_such_object(object_id: str) -> GraphError:
+    """Meta's answer to a read of an object that is not there or not the token's to read."""
+    return GraphError(
+        100,
+        f"Unsupported get request. Object with ID '{object_id}' does not exist, cannot be "
+        "loaded due to missing permissions, or does not support this operation.",
+        subcode=33,
+    )
+
+
+def terms_not_accepted() -> GraphError:
+    """Code 200: the ad account's business has not accepted the Custom Audience terms."""
+    return GraphError(
+        200,
+        "(#200) Custom Audience Terms Not Accepted",
+        subcode=TERMS_NOT_ACCEPTED,
+        user_title="Custom Audience Terms Not Accepted",
+        user_msg="Accept the Custom Audience terms in Business Manager before creating or "
+        "editing this audience.",
+    )

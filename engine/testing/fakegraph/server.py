@@ -8,11 +8,12 @@ from typing import Any
 from aiohttp import web
 
 from .admin import add_admin_routes
+from .catalog import add_audience_routes
 from .config import FakeConfig
 from .faults import Faults
 from .meta import REPLACE_ERROR_CODE, REPLACE_RETRY_NEW_SESSION, GraphError
 from .record import LogEntry, Record
-from .state import AudienceState, FakeSession, status_view
+from .state import Audience, AudienceState, FakeSession
 from .wire import Upload, check_auth, dumps, positive_int, read_upload
 
 
@@ -56,9 +57,10 @@ class FakeGraph:
     def violations(self) -> list[str]:
         return self.record.violations
 
-    def register_audience(self, audience_id: str, ad_account: str) -> None:
-        """Create (or move) an audience under an ad account: the throttle key."""
-        self.state.register(audience_id, ad_account)
+    def register_audience(self, audience_id: str, ad_account: str, **shown: Any) -> Audience:
+        """Create (or move) a customer-file audience under an ad account (the throttle key);
+        `shown`: what reads of it show (subtype, is_value_based, flagged, readable, size...)."""
+        return self.state.register(audience_id, ad_account, **shown)
 
     def members(self, audience_id: str) -> set[tuple[Any, ...]]:
         return self.state.members(audience_id)
@@ -85,7 +87,7 @@ class FakeGraph:
         app.router.add_post(base + "/{edge:users|usersreplace}", self._on_upload)
         app.router.add_delete(base + "/{edge:users}", self._on_upload)
         app.router.add_get(base + "/sessions", self._on_sessions)
-        app.router.add_get(base, self._on_audience)
+        add_audience_routes(app, self)  # reads of audiences, listing, creating
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -185,14 +187,6 @@ class FakeGraph:
         wanted = positive_int(request.query.get("session_id", ""))
         sessions = self.state.sessions_of(request.match_info["audience_id"], wanted)
         return web.json_response({"data": [s.view() for s in sessions]}, dumps=dumps)
-
-    async def _on_audience(self, request: web.Request) -> web.Response:
-        denied = self._read_denied(request)
-        if denied is not None:
-            return denied
-        audience_id = request.match_info["audience_id"]
-        status = status_view(self.operation_status(audience_id))
-        return web.json_response({"id": audience_id, "operation_status": status}, dumps=dumps)
 
 
 def _drop(request: web.Request, entry: LogEntry, outcome: str) -> web.StreamResponse:

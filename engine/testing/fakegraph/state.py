@@ -71,6 +71,18 @@ class Audience:
     members: set[tuple[Any, ...]] = field(default_factory=set)
     replace_session: int | None = None  # the replace running now
     busy_until: float | None = None  # settling after a replace's last flag
+    # What a read of the audience shows (Meta's field names). An audience never registered
+    # or created was only ever uploaded to: its owner and kind are unknown, and reads leave
+    # them out.
+    known: bool = False
+    name: str = ""
+    description: str = ""
+    subtype: str = "CUSTOM"
+    customer_file_source: str | None = "USER_PROVIDED_ONLY"
+    is_value_based: bool = False
+    flagged: bool = False  # operation_status 471: flagged for integrity
+    readable: bool = True  # False: this token may not read it (Meta's "no such object")
+    size: int | None = None  # approximate count shown; None: the members counted
 
     @property
     def status(self) -> str:
@@ -81,6 +93,44 @@ def status_view(status: str) -> dict[str, Any]:
     """Meta's `operation_status` field (200/300 are this fake's codes; Meta documents only
     the descriptions)."""
     return {"code": 200 if status == NORMAL else 300, "description": status}
+
+
+FLAGGED = {"code": 471, "description": "Audience flagged for integrity restrictions"}
+# Fields a read may ask for, and each one's value.
+AUDIENCE_FIELDS = (
+    "id",
+    "name",
+    "description",
+    "subtype",
+    "customer_file_source",
+    "operation_status",
+    "approximate_count_lower_bound",
+    "approximate_count_upper_bound",
+    "is_value_based",
+    "account_id",
+)
+
+
+def audience_view(aud: Audience, fields: list[str]) -> dict[str, Any]:
+    """A read of the audience with the fields asked for (Meta answers only those, plus id)."""
+    size = len(aud.members) if aud.size is None else aud.size
+    values: dict[str, Any] = {
+        "id": aud.audience_id,
+        "operation_status": FLAGGED if aud.flagged else status_view(aud.status),
+        "approximate_count_lower_bound": size,
+        "approximate_count_upper_bound": size,
+    }
+    if aud.known:
+        values.update(
+            name=aud.name,
+            description=aud.description,
+            subtype=aud.subtype,
+            is_value_based=aud.is_value_based,
+            account_id=aud.ad_account.removeprefix("act_"),
+        )
+        if aud.customer_file_source is not None:
+            values["customer_file_source"] = aud.customer_file_source
+    return {f: values[f] for f in ["id", *fields] if f in values}
 
 
 class AudienceState:
@@ -94,6 +144,8 @@ class AudienceState:
     def reset(self) -> None:
         self.audiences: dict[str, Audience] = {}
         self.sessions: dict[tuple[str, int], FakeSession] = {}
+        self.created = 0
+        self.terms_not_accepted: set[str] = set()  # ad accounts that cannot create audiences
 
     # -- reads -------------------------------------------------------------------------
 
@@ -127,12 +179,32 @@ class AudienceState:
 
     # -- changes -----------------------------------------------------------------------
 
-    def register(self, audience_id: str, ad_account: str) -> None:
+    def register(self, audience_id: str, ad_account: str, **shown: Any) -> Audience:
+        """Create (or change) a customer-file audience owned by `ad_account`; `shown` sets
+        what reads show (Audience's fields: subtype, is_value_based, flagged...)."""
         aud = self.audiences.get(audience_id)
         if aud is None:
-            self.audiences[audience_id] = Audience(audience_id, ad_account)
-        else:
-            aud.ad_account = ad_account
+            aud = self.audiences[audience_id] = Audience(audience_id, ad_account)
+        aud.ad_account = ad_account
+        aud.known = True
+        for name, value in shown.items():
+            if name not in Audience.__dataclass_fields__ or name in ("audience_id", "members"):
+                raise ValueError(f"unknown audience field {name!r}")
+            setattr(aud, name, value)
+        return aud
+
+    def create(self, ad_account: str, **shown: Any) -> Audience:
+        """A new audience with a fresh id, as `POST /act_{id}/customaudiences` makes one."""
+        self.created += 1
+        audience_id = str(23800000000000000 + self.created)
+        return self.register(audience_id, ad_account, **shown)
+
+    def of_account(self, ad_account: str) -> list[Audience]:
+        return [
+            a
+            for a in self.audiences.values()
+            if a.known and a.ad_account == ad_account and self.find(a.audience_id)
+        ]
 
     def audience(self, audience_id: str) -> Audience:
         """The audience, created under the default ad account on first use."""
