@@ -51,6 +51,11 @@ class Report:
     resumed: bool = False
     # Batches the API acknowledged that the checkpoint could not record (see the README).
     unrecorded_batches: tuple[Mapping[str, Any], ...] = ()
+    # Mirror only (docs/mirror.md): rows in each part of the diff; None, and left out of
+    # the JSON report, for the other modes.
+    added: int | None = None
+    removed: int | None = None
+    unchanged: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -65,11 +70,18 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report, as plain data (dicts, lists and scalars), a fresh copy each call."""
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        for name in _MIRROR_FIELDS:
+            if out[name] is None:
+                del out[name]
+        return out
 
     def __reduce__(self) -> tuple[type[Report], tuple[Any, ...]]:
         # Read-only views do not pickle; the plain values do, and __init__ freezes them again.
         return (type(self), tuple(_plain(getattr(self, f.name)) for f in fields(self)))
+
+
+_MIRROR_FIELDS = ("added", "removed", "unchanged")
 
 
 def _read_only(value: Any) -> Any:

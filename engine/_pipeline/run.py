@@ -68,6 +68,7 @@ async def run_job(
     stop: asyncio.Event | None = None,
     on_request: RequestHook | None = None,
     cancel: asyncio.Event | None = None,
+    on_rows: Callable[[EncodedChunk], None] | None = None,
 ) -> Report:
     """Run one upload to the end and report it (`client` is None for a dry run).
 
@@ -80,7 +81,8 @@ async def run_job(
     and the audience let out of replace_in_progress; the report says what was sent.
     `progress` receives the running counts. With
     `job.checkpoint`, acknowledged batches are recorded there and the same job run
-    again resumes where it stopped.
+    again resumes where it stopped. A dry run hands every chunk of payload rows to
+    `on_rows` (a mirror's diff reads the input so).
     """
     schema = _bind_schema(job, source)
     with _journal(job, schema, source) as journal, ExitStack() as reopened:
@@ -122,7 +124,7 @@ async def run_job(
                     _normalize(raw, hashed, schema, options, pool),
                 ]
                 if client is None:
-                    stages.append(_batch(hashed, batches, job, tally, write_rejects, None))
+                    stages.append(_batch(hashed, batches, job, tally, write_rejects, None, on_rows))
                     stages.append(_drain(batches))
                 else:
                     sending = SendStage(
@@ -402,6 +404,7 @@ async def _batch(
     tally: Tally,
     write_rejects: Callable[[list[Reject]], None],
     already_sent: Callable[[Batch], bool] | None,
+    on_rows: Callable[[EncodedChunk], None] | None = None,
 ) -> None:
     batcher = Batcher(job.batch_size)
 
@@ -413,6 +416,8 @@ async def _batch(
     while (chunk := await inp.get()) is not None:
         if chunk.rejects:
             write_rejects(chunk.rejects)
+        if on_rows is not None:
+            on_rows(chunk)
         full = batcher.add(chunk)
         tally.chunk(chunk.rows_read, chunk.rejects, len(full))
         await emit(full)
