@@ -308,7 +308,7 @@ class _Mirror:
         """The mirror's report: the input's counts from the diff pass, the sending counts
         summed over the parts, and the diff."""
         parts = self.parts
-        status: Status = scanned.status if not parts else "completed"
+        status: Status = "dry_run" if self.job.dry_run else "completed"
         error = None
         for part in parts:
             if _STATUS_RANK[part.status] > _STATUS_RANK[status]:
