@@ -21,6 +21,9 @@ from engine.testing.sample import EIGHT_KEYS, sample_rows
 from .checks import expected_rows
 from .conftest import AD_ACCOUNT, APP_SECRET, AUDIENCE, TOKEN, run_cli, upload_args
 from .test_resume import interrupted, loaded
+from .test_worker import http, submit, wait_for_states, worker_env, workers, write_config
+
+__all__ = ["http", "workers"]  # the worker tests' fixtures, used here too
 
 ROWS = list(sample_rows(4_000, 7))
 CHURN = 100
@@ -296,3 +299,33 @@ async def test_the_cli_guard_exits_2_with_the_counts(fake: FakeGraph, tmp_path: 
     assert refused.code == 2
     assert "nothing was sent" in refused.stderr and "--allow-large-removal" in refused.stderr
     assert fake.log[mark:] == []
+
+
+async def test_a_worker_mirrors_with_its_state_in_its_state_dir(
+    fake: FakeGraph,
+    tmp_path: Path,
+    workers: Any,
+    http: Any,  # noqa: F811
+) -> None:
+    fake.register_audience(AUDIENCE, AD_ACCOUNT)
+    worker = await workers(write_config(tmp_path, fake.base_url), worker_env())
+    previous: set[tuple[Any, ...]] = set()
+    for day in (0, 1):
+        path = version(tmp_path, day)
+        mark = len(fake.log)
+        job = await submit(
+            http,
+            worker.url,
+            audience=AUDIENCE,
+            ad_account=AD_ACCOUNT,
+            input=str(path),
+            mode="mirror",
+            batch_size=100,
+        )
+        (done,) = await wait_for_states(http, worker.url, [job["id"]])
+        want = expected_rows(path)
+        assert done["report"]["added"] == len(want - previous)
+        assert sent(fake, mark, "add") + sent(fake, mark, "replace") == len(want - previous)
+        assert fake.members(AUDIENCE) == want
+        previous = want
+    assert (tmp_path / "state" / "mirror" / AD_ACCOUNT / f"{AUDIENCE}.sqlite").exists()
