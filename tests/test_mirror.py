@@ -223,7 +223,7 @@ def recorded_rows() -> dict[str, int]:
         plan = store.plan()
         assert plan is not None, "the killed mirror left its plan"
         rows = {}
-        for part in ("add", "remove"):
+        for part in ("add", "remove", "replace"):
             path = store.checkpoint_path(plan.plan_id, part)
             rows[part] = sum(b.rows for b in loaded(path).batches.values()) if path.exists() else 0
         return rows
@@ -276,13 +276,17 @@ async def test_a_first_mirror_killed_in_its_replace_resumes_it(
     args = upload_args(path, fake.base_url, *KILL_ARGS)
     killed = await interrupted(fake, args, at("replace", 4), where="applied")
     assert killed.code == -signal.SIGKILL
+    acknowledged = recorded_rows()["replace"]
+    assert acknowledged > 0
+    rerun = len(fake.log)
     again = await run_cli(*args)
     assert again.code == 0, again.stderr
     want = expected_rows(path)
     assert fake.members(AUDIENCE) == want == state_rows()
     replaces = {e.session_id for e in fake.log if e.mode == "replace"}
     assert len(replaces) == 1, "resumed in the same replace session"
-    assert sent(fake, 0, "replace") == len(want)
+    # The run again sends what the killed run did not record as acknowledged, no more.
+    assert sent(fake, rerun, "replace") == len(want) - acknowledged
     # The next day's mirror goes on from that state.
     mark = len(fake.log)
     report = (await run_cli(*upload_args(version(tmp_path, 1), fake.base_url, *KILL_ARGS))).report
