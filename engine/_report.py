@@ -51,8 +51,7 @@ class Report:
     resumed: bool = False
     # Batches the API acknowledged that the checkpoint could not record (see the README).
     unrecorded_batches: tuple[Mapping[str, Any], ...] = ()
-    # Mirror only (docs/mirror.md): rows in each part of the diff; None, and left out of
-    # the JSON report, for the other modes.
+    # Mirror only (docs/mirror.md): rows in each part of the diff; None for the other modes.
     added: int | None = None
     removed: int | None = None
     unchanged: int | None = None
@@ -70,18 +69,11 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report, as plain data (dicts, lists and scalars), a fresh copy each call."""
-        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
-        for name in _MIRROR_FIELDS:
-            if out[name] is None:
-                del out[name]
-        return out
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
     def __reduce__(self) -> tuple[type[Report], tuple[Any, ...]]:
         # Read-only views do not pickle; the plain values do, and __init__ freezes them again.
         return (type(self), tuple(_plain(getattr(self, f.name)) for f in fields(self)))
-
-
-_MIRROR_FIELDS = ("added", "removed", "unchanged")
 
 
 def _read_only(value: Any) -> Any:
