@@ -15,10 +15,11 @@ from typing import Any, TypedDict, Unpack
 import aiohttp
 
 from ._errors import InputError
-from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient, Mode
+from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient
 from ._graph.facts import MAX_BATCH_ROWS, SESSION_WINDOW_S
 from ._input.memory import Source, aopen_source, file_name
-from ._options import DEFAULT_CONCURRENCY, UploadJob
+from ._mirror.mirror import run_mirror
+from ._options import DEFAULT_CONCURRENCY, JobMode, UploadJob
 from ._pipeline.run import RequestHook, run_job
 from ._pipeline.sender import RetryPolicy
 from ._quota.limiter import LimiterConfig, LimiterRegistry
@@ -42,7 +43,7 @@ class UploadOptions(_Target, total=False):
     `Uploader.upload`'s keyword parameters one for one (a test holds them to it).
     """
 
-    mode: Mode
+    mode: JobMode
     schema: str | Sequence[str] | None
     column_map: Mapping[str, str] | None
     format: str | None
@@ -62,6 +63,11 @@ class UploadOptions(_Target, total=False):
     checkpoint: str | os.PathLike[str] | None
     restart: bool
     session_window_s: float
+    state_dir: str | os.PathLike[str] | None
+    resync: bool
+    allow_large_removal: bool
+    max_removal_share: float
+    replace_threshold: float
     unrecorded_batches: Sequence[Mapping[str, Any]] | None
     access_token: str | None
     app_secret: str | None
@@ -142,7 +148,7 @@ class Uploader:
         *,
         audience: str | int,
         ad_account: str,
-        mode: Mode = "add",
+        mode: JobMode = "add",
         schema: str | Sequence[str] | None = None,
         column_map: Mapping[str, str] | None = None,
         format: str | None = None,
@@ -162,6 +168,11 @@ class Uploader:
         checkpoint: str | os.PathLike[str] | None = None,
         restart: bool = False,
         session_window_s: float = SESSION_WINDOW_S,
+        state_dir: str | os.PathLike[str] | None = None,
+        resync: bool = False,
+        allow_large_removal: bool = False,
+        max_removal_share: float = 0.2,
+        replace_threshold: float = 0.5,
         unrecorded_batches: Sequence[Mapping[str, Any]] | None = None,
         access_token: str | None = None,
         app_secret: str | None = None,
@@ -200,6 +211,13 @@ class Uploader:
         (`unrecorded_batches`): pass them back here when resuming, and they are not sent
         again.
 
+        `mode="mirror"` makes the audience hold exactly the input's valid rows, sending only
+        what changed since the last mirror (docs/mirror.md): its state is kept per audience in
+        `state_dir` (default $XDG_STATE_HOME/audience-engine); `resync` sets it again with a
+        replace; a diff above `replace_threshold` of the list goes as a replace; removals
+        above `max_removal_share` of the audience raise InputError, nothing sent, unless
+        `allow_large_removal`. A mirror keeps its own progress there (not in `checkpoint`).
+
         The keyword parameters are the items of `UploadOptions`, which `upload()` and
         `upload_sync()` take: change both together.
         """
@@ -232,6 +250,11 @@ class Uploader:
             checkpoint=os.fspath(checkpoint) if checkpoint is not None else None,
             restart=restart,
             session_window_s=session_window_s,
+            state_dir=os.fspath(state_dir) if state_dir is not None else None,
+            resync=resync,
+            allow_large_removal=allow_large_removal,
+            max_removal_share=max_removal_share,
+            replace_threshold=replace_threshold,
             unrecorded_batches=tuple(acks_from_report(unrecorded_batches or [])),
         )
         client = None
@@ -246,8 +269,9 @@ class Uploader:
                     total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
                 ),
             )
+        run = run_mirror if mode == "mirror" else run_job
         with await aopen_source(source, format) as opened:
-            return await run_job(
+            return await run(
                 job,
                 opened,
                 client,

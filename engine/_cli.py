@@ -167,7 +167,8 @@ def _upload_options(options: dict[str, Any]) -> dict[str, Any]:
         for opt in job_options()
         if opt.keyword and opt.field in options
     }
-    if options.get("no_checkpoint") or options.get("dry_run"):
+    # A mirror keeps its progress beside its state (--state-dir), not in a checkpoint.
+    if options.get("no_checkpoint") or options.get("dry_run") or options.get("mode") == "mirror":
         kwargs.pop("checkpoint", None)
     elif not options.get("checkpoint"):
         source = options["input"]

@@ -12,14 +12,15 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from ._errors import ConfigError
-from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION, Mode
+from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
 from ._graph.facts import MAX_BATCH_ROWS, SESSION_WINDOW_S
 from ._resume.checkpoint import Acknowledgement
 
-MODES: tuple[Mode, ...] = ("add", "remove", "replace")
+JobMode = Literal["add", "remove", "replace", "mirror"]
+MODES: tuple[JobMode, ...] = ("add", "remove", "replace", "mirror")
 # Requests in flight per job, at most (the session coordinator's byte budget also bounds
 # them). Enough to hide a 200 ms round trip at full hashing speed with one-key rows (60
 # batches/s of 10,000 need 12 in flight, and the slack absorbs jitter); the rate limiter,
@@ -127,7 +128,7 @@ class UploadJob:
     ad_account: str = option(
         "", "ad account that owns it, act_ID: the rate-limit key (required)", worker=True
     )
-    mode: Mode = option("add", "what the upload does", choices=MODES, kind=str, worker=True)
+    mode: JobMode = option("add", "what the upload does", choices=MODES, kind=str, worker=True)
     schema: str | None = option(
         None,
         "keys in payload order, e.g. EMAIL,PHONE (default: from the columns)",
@@ -211,6 +212,29 @@ class UploadJob:
         "Meta's session window in seconds (change it only for a time-scaled fake)",
         bound=_SECONDS,
         flag="--session-window",
+    )
+    state_dir: str | None = option(
+        None,
+        "where mirror state is kept (default $XDG_STATE_HOME/audience-engine)",
+        kind=str,
+    )
+    resync: bool = option(
+        False, "mirror: forget the state and establish it again with a replace", worker=True
+    )
+    allow_large_removal: bool = option(
+        False, "mirror: remove more than --max-removal-share of the audience", worker=True
+    )
+    max_removal_share: float = option(
+        0.2,
+        "mirror: largest share of the audience a mirror removes without --allow-large-removal",
+        bound=Bound(False, 0, 1),
+        worker=True,
+    )
+    replace_threshold: float = option(
+        0.5,
+        "mirror: replace instead when the diff (added + removed) exceeds this share of the list",
+        bound=Bound(False, 0, open_low=True),
+        worker=True,
     )
     # Acknowledgements a failed run could not record: added to the checkpoint on resuming.
     unrecorded_batches: tuple[Acknowledgement, ...] = ()

@@ -53,6 +53,10 @@ class Report:
     unrecorded_batches: tuple[Mapping[str, Any], ...] = ()
     # A dry run's inspection of the list (docs/inspect.md); None for uploads.
     inspection: Mapping[str, Any] | None = None
+    # Mirror only (docs/mirror.md): rows in each part of the diff; None for the other modes.
+    added: int | None = None
+    removed: int | None = None
+    unchanged: int | None = None
 
     def __post_init__(self) -> None:
         for name in (

@@ -73,6 +73,7 @@ async def run_job(
     on_request: RequestHook | None = None,
     cancel: asyncio.Event | None = None,
     inspector: Inspector | None = None,
+    on_rows: Callable[[EncodedChunk], None] | None = None,
 ) -> Report:
     """Run one upload to the end and report it (`client` is None for a dry run).
 
@@ -85,7 +86,8 @@ async def run_job(
     and the audience let out of replace_in_progress; the report says what was sent.
     `progress` receives the running counts. With
     `job.checkpoint`, acknowledged batches are recorded there and the same job run
-    again resumes where it stopped.
+    again resumes where it stopped. A dry run hands every chunk of payload rows to
+    `on_rows` (a mirror's diff reads the input so).
     """
     schema = _bind_schema(job, source)
     warnings: list[str] = []
@@ -132,7 +134,7 @@ async def run_job(
                     _normalize(raw, hashed, schema, options, pool, inspector),
                 ]
                 if client is None:
-                    stages.append(_batch(hashed, batches, job, tally, write_rejects, None))
+                    stages.append(_batch(hashed, batches, job, tally, write_rejects, None, on_rows))
                     stages.append(_drain(batches))
                 else:
                     sending = SendStage(
@@ -417,6 +419,7 @@ async def _batch(
     tally: Tally,
     write_rejects: Callable[[list[Reject]], None],
     already_sent: Callable[[Batch], bool] | None,
+    on_rows: Callable[[EncodedChunk], None] | None = None,
 ) -> None:
     batcher = Batcher(job.batch_size)
 
@@ -428,6 +431,8 @@ async def _batch(
     while (chunk := await inp.get()) is not None:
         if chunk.rejects:
             write_rejects(chunk.rejects)
+        if on_rows is not None:
+            on_rows(chunk)
         full = batcher.add(chunk)
         tally.chunk(chunk.rows_read, chunk.rejects, len(full))
         await emit(full)

@@ -224,6 +224,7 @@ class Worker:
                 **job.options,
                 access_token=self._secrets.token_for(job.ad_account),
                 checkpoint=self._layout.checkpoint(job.id),
+                state_dir=self._layout.root,  # a mirror's state, beside the worker's own
                 restart=False,
                 connect_timeout_s=self._config.connect_timeout_s,
                 read_timeout_s=self._config.read_timeout_s,
