@@ -208,7 +208,7 @@ class UploadJob:
         False, "start over in a new session although the checkpoint says the job is unfinished"
     )
     session_window_s: float = option(
-        SESSION_WINDOW_S,
+        float(SESSION_WINDOW_S),
         "Meta's session window in seconds (change it only for a time-scaled fake)",
         bound=_SECONDS,
         flag="--session-window",

@@ -42,6 +42,11 @@ def test_the_command_line_has_a_flag_for_every_option() -> None:
     assert {o.flag for o in job_options() if o.flag} <= flags
     for opt in job_options():
         assert opt.help, opt.field
+    # A float option takes a fraction on the command line.
+    args = parser.parse_args(
+        ["upload", "x.csv", "--session-window", "3.5", "--read-timeout", "2.5"]
+    )
+    assert (args.session_window_s, args.read_timeout_s) == (3.5, 2.5)
 
 
 @pytest.mark.parametrize(
