@@ -24,8 +24,8 @@ from .._hashing.pool import hash_unit
 from .._hashing.schema import NormalizeOptions, Schema
 from .._input.files import CsvBlock, InputFile, open_input
 from .._pipeline.batcher import Batch, Batcher
-from .._pipeline.run import CHUNK_ROWS
 from .._pipeline.sender import encode_payload
+from .._pipeline.stages import CHUNK_ROWS
 from .._rows import EncodedChunk, RawChunk
 
 STAGES = ("read", "normalize_hash", "encode", "send")
