@@ -655,7 +655,8 @@ def test_normalize_stage_keeps_order_and_holds_no_unit_back() -> None:
     # the next one); chunks still come out in input order.
     from concurrent.futures import ThreadPoolExecutor
 
-    from engine._pipeline.run import _normalize
+    from engine._pipeline.channel import Channel
+    from engine._pipeline.stages import normalize
 
     schema, options = Schema.parse("EMAIL"), NormalizeOptions()
     tasks: list[int] = []
@@ -669,22 +670,20 @@ def test_normalize_stage_keeps_order_and_holds_no_unit_back() -> None:
         return RawChunk([row], [(f"u{row}@x.com",)])
 
     async def run(pool: Pool) -> list[int]:
-        inp: asyncio.Queue[RawChunk | CsvBlock | None] = asyncio.Queue(4)
-        out: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(100)
-        stage = asyncio.ensure_future(_normalize(inp, out, schema, options, pool))
-        await inp.put(unit(1))
+        inp: Channel[RawChunk | CsvBlock] = Channel(4)
+        out: Channel[EncodedChunk] = Channel(100)
+        stage = asyncio.ensure_future(normalize(inp, out, schema, options, pool))
+        await inp.send(unit(1))
         for _ in range(5):
             await asyncio.sleep(0)
         assert tasks == [1]  # the next unit has not come: this one is on its way
         for row in range(2, 5):
-            inp.put_nowait(unit(row))  # three waiting at once
+            await inp.send(unit(row))  # three waiting at once (room for four: no yield)
         for row in range(5, 12):
-            await inp.put(unit(row))
-        await inp.put(None)
+            await inp.send(unit(row))
+        inp.close()
         await stage
-        chunks = [out.get_nowait() for _ in range(out.qsize())]
-        assert chunks[-1] is None
-        return [n for c in chunks[:-1] if c is not None for n in c.row_numbers]
+        return [n async for c in out for n in c.row_numbers]
 
     with Pool(2) as pool:
         assert asyncio.run(run(pool)) == list(range(1, 12))

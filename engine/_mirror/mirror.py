@@ -31,8 +31,8 @@ import orjson
 from .._errors import EMPTY_REPLACE, ApiError, InputError, TransportError
 from .._graph.client import GraphClient
 from .._hashing.schema import Schema
-from .._input.source import InputFile
 from .._input.memory import aopen_source
+from .._input.source import InputFile
 from .._options import UploadJob
 from .._pipeline.run import RequestHook, run_job
 from .._pipeline.sender import RetryPolicy

@@ -1,22 +1,20 @@
-"""The pipeline: reader -> normalizer/hasher -> batcher -> sender, joined by bounded queues.
+"""One upload job, as steps: bind the schema, open the journal, run the stages for one round
+(again when a replace starts over), settle the report.
 
-Queues carry chunks (thousands of rows), so memory stays flat whatever the input size,
-and a failure in any stage cancels the others and surfaces once.
+The stages (reader -> normalizer/hasher -> batcher -> sender, see stages.py and send_stage.py)
+run together, joined by bounded channels; a failure in any stage cancels the others and
+surfaces once, and `_Run.ending` turns it into the report's status, error and message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import logging
-import multiprocessing
-import os
 import sqlite3
-from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from typing import Any
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 
@@ -24,6 +22,8 @@ from .._errors import (
     EMPTY_REPLACE,
     ApiError,
     CheckpointError,
+    EngineError,
+    ErrorInfo,
     InputError,
     Interrupted,
     ReplaceRestart,
@@ -31,9 +31,7 @@ from .._errors import (
 )
 from .._graph.audience_check import check_audience
 from .._graph.client import GraphClient
-from .._hashing.pool import hash_units
 from .._hashing.schema import NormalizeOptions, Schema
-from .._input.blocks import CsvBlock
 from .._input.files import reopen_input
 from .._input.source import InputFile
 from .._inspect.run import Inspector
@@ -42,19 +40,24 @@ from .._quota.limiter import AccountLimiter
 from .._report import ProgressFn, Report, Status, Tally
 from .._resume.checkpoint import Checkpoint, ack_to_report
 from .._resume.journal import Journal
-from .._rows import EncodedChunk, RawChunk, Reject
-from .batcher import Batch, Batcher
+from .._rows import EncodedChunk
+from .batcher import Batch
+from .channel import Channel
 from .send_stage import SendContext, SendStage
 from .sender import RetryPolicy
+from .stages import (
+    CHANNEL_CHUNKS,
+    Unit,
+    batch,
+    drain,
+    normalize,
+    process_pool,
+    read,
+    rejects_writer,
+    run_together,
+)
 
 log = logging.getLogger("engine.upload")
-
-CHUNK_ROWS = 5_000
-QUEUE_CHUNKS = 4
-# At most this many units go to a hashing worker at once (see _normalize).
-UNITS_PER_TASK = 2
-# Below this many bytes of input a process pool costs more to start than it saves.
-POOL_MIN_BYTES = 8 << 20
 
 
 RequestHook = Callable[[str, float], None]
@@ -96,113 +99,168 @@ async def run_job(
     if client is None:  # every dry run inspects the list (docs/inspect.md)
         (inspector := inspector or Inspector()).bind(schema)
     with _journal(job, schema, source) as journal, ExitStack() as reopened:
-        first = journal.sessions[0]
-        # Counts of earlier runs of a resumed job are the job's too, from the first event on.
-        tally = Tally(
-            job.mode,
-            job.audience_id,
-            job.ad_account,
-            first.session_id,
-            retries=journal.retries,
-            throttled=journal.throttled,
-            listener=progress,
+        run = _Run(
+            job,
+            client,
+            limiter,
+            journal,
+            schema,
+            retry,
+            _tally(job, journal, progress),
+            stop,
+            cancel,
+            on_request,
+            inspector,
+            on_rows,
+            warnings,
         )
-        bad_input: list[InputError] = []
-        requests = 0
-
-        def observe(outcome: str, seconds: float) -> None:
-            nonlocal requests
-            requests += 1
-            if on_request is not None:
-                on_request(outcome, seconds)
-
-        options = NormalizeOptions(job.prehashed, job.default_country_code)
         # One round, or more when a replace starts over (ReplaceRestart): the input is then
         # read again from its start and counted afresh.
         while True:
-            # The send stage stops taking batches once `halt` is set: on `stop`, or when the
-            # input turns out bad after requests went out (those in flight then finish).
-            halt = asyncio.Event()
-            relays: list[asyncio.Future[None]] = []
-            raw: asyncio.Queue[RawChunk | CsvBlock | None] = asyncio.Queue(QUEUE_CHUNKS)
-            hashed: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(QUEUE_CHUNKS)
-            batches: asyncio.Queue[Batch | None] = asyncio.Queue(2)
-            sending = None
-            with _rejects_writer(job.rejects_path) as write_rejects, _pool(job) as pool:
-                stages = [
-                    _read(source, raw, None if client is None else (bad_input, halt)),
-                    _normalize(raw, hashed, schema, options, pool, inspector),
-                ]
-                if client is None:
-                    stages.append(_batch(hashed, batches, job, tally, write_rejects, None, on_rows))
-                    stages.append(_drain(batches))
-                else:
-                    sending = SendStage(
-                        SendContext(
-                            job,
-                            client,
-                            limiter,
-                            tally,
-                            journal,
-                            schema,
-                            retry,
-                            halt,
-                            observe,
-                            estimated_rows=source.estimated_rows(),
-                            cancel=cancel,
-                        )
-                    )
-                    stages.append(
-                        _batch(hashed, batches, job, tally, write_rejects, sending.already_sent)
-                    )
-                    stages.append(sending.run(batches))
-                if stop is not None:
-                    relays.append(asyncio.ensure_future(_relay(stop, halt)))
-                if cancel is not None:
-                    # A replace under way is closed by the send stage, not halted.
-                    closes = sending.closes_on_cancel if sending else None
-                    relays.append(asyncio.ensure_future(_relay(cancel, halt, closes)))
-                status: Status = "dry_run" if client is None else "completed"
-                error = message = None
-                try:
-                    await _gather_or_cancel(stages)
-                    if client is None and job.mode == "replace":
-                        _check_replace(job, tally)
-                except ReplaceRestart as exc:
-                    again = _reread(job, source)
-                    if again is not None:
-                        source, tally = reopened.enter_context(again), _afresh(tally)
-                        continue
-                    status, error = "failed", exc.error.info
-                    message = f"{exc}, but the input cannot be read twice; run the job again"
-                except (ApiError, RetriesExhausted, CheckpointError) as exc:
-                    status, error, message = "failed", exc.info, str(exc)
-                except Interrupted as exc:
-                    if bad_input and not requests:
-                        raise bad_input[0] from None  # nothing went out: a plain input error
-                    if bad_input:
-                        status = "failed"
-                        message = f"{bad_input[0]}; the batches before it were sent"
-                    else:
-                        status, message = "interrupted", str(exc)
-                except asyncio.CancelledError:
-                    # Stopped at once: no waiting for a checkpoint that fails.
-                    with suppress(CheckpointError):
-                        journal.finish("running", tally.retries, tally.throttled)
-                    raise
-                finally:
-                    for relay in relays:
-                        relay.cancel()
             try:
-                # The last try for acknowledgements the checkpoint could not record yet.
-                state = "completed" if status == "completed" else "running"
-                journal.finish(state, tally.retries, tally.throttled)
-            except CheckpointError as exc:
-                if error is None:
-                    status, error, message = "failed", exc.info, str(exc)
-            break
-        notes = [*(sending.notes if sending else []), *([message] if message else [])]
-        notes[:0] = warnings
+                await run.round(source)
+            except ReplaceRestart as exc:
+                if (again := _reread(job, source)) is None:
+                    return run.settle(run.ending(exc))
+                source, run.tally = reopened.enter_context(again), _afresh(run.tally)
+            except asyncio.CancelledError:
+                run.stopped_at_once()
+                raise
+            except EngineError as exc:
+                return run.settle(run.ending(exc))
+            else:
+                return run.settle(run.ending(None))
+
+
+class _Ending(NamedTuple):
+    """How a job ended, as its report says it."""
+
+    status: Status
+    error: ErrorInfo | None = None
+    message: str | None = None
+
+
+@dataclass
+class _Run:
+    """What the rounds of one job share, and how the job ends."""
+
+    job: UploadJob
+    client: GraphClient | None
+    limiter: AccountLimiter
+    journal: Journal
+    schema: Schema
+    retry: RetryPolicy
+    tally: Tally
+    stop: asyncio.Event | None
+    cancel: asyncio.Event | None
+    on_request: RequestHook | None
+    inspector: Inspector | None
+    on_rows: Callable[[EncodedChunk], None] | None
+    warnings: list[str]  # the audience check's, for the report's message
+    # Input that broke after the send stage began (see stages.read).
+    bad_input: list[InputError] = field(default_factory=list)
+    requests: int = 0
+
+    async def round(self, source: InputFile) -> None:
+        """Read, hash and batch the input once, sending the batches (or, in a dry run,
+        dropping them); returns when every stage has ended."""
+        job, client, tally = self.job, self.client, self.tally
+        options = NormalizeOptions(job.prehashed, job.default_country_code)
+        # The send stage stops taking batches once `halt` is set: on `stop`, or when the
+        # input turns out bad after requests went out (those in flight then finish).
+        halt = asyncio.Event()
+        raw: Channel[Unit] = Channel(CHANNEL_CHUNKS)
+        hashed: Channel[EncodedChunk] = Channel(CHANNEL_CHUNKS)
+        batches: Channel[Batch] = Channel(2)
+        with rejects_writer(job.rejects_path) as write_rejects, process_pool(job) as pool:
+            stages = [
+                read(source, raw, None if client is None else (self.bad_input, halt)),
+                normalize(raw, hashed, self.schema, options, pool, self.inspector),
+            ]
+            closes: Callable[[], bool] | None = None
+            if client is None:
+                stages.append(batch(hashed, batches, job, tally, write_rejects, None, self.on_rows))
+                stages.append(drain(batches))
+            else:
+                sending = SendStage(
+                    SendContext(
+                        job,
+                        client,
+                        self.limiter,
+                        tally,
+                        self.journal,
+                        self.schema,
+                        self.retry,
+                        halt,
+                        self._observe,
+                        estimated_rows=source.estimated_rows(),
+                        cancel=self.cancel,
+                    )
+                )
+                stages.append(
+                    batch(hashed, batches, job, tally, write_rejects, sending.already_sent)
+                )
+                stages.append(sending.run(batches))
+                # A replace under way is closed by the send stage on cancel, not halted.
+                closes = sending.closes_on_cancel
+            relays = [
+                asyncio.ensure_future(_relay(event, halt, unless))
+                for event, unless in ((self.stop, None), (self.cancel, closes))
+                if event is not None
+            ]
+            try:
+                await run_together(stages)
+                if client is None and job.mode == "replace":
+                    _check_replace(job, tally)
+            finally:
+                for relay in relays:
+                    relay.cancel()
+
+    def _observe(self, outcome: str, seconds: float) -> None:
+        self.requests += 1
+        if self.on_request is not None:
+            self.on_request(outcome, seconds)
+
+    def ending(self, failure: EngineError | None) -> _Ending:
+        """How the job ended, given the failure its last round ended with (None: none).
+        Raises what is no end of the job but a refusal of it: bad usage or input before
+        anything went out."""
+        if failure is None:
+            return _Ending("dry_run" if self.client is None else "completed")
+        if isinstance(failure, ReplaceRestart):
+            message = f"{failure}, but the input cannot be read twice; run the job again"
+            return _Ending("failed", failure.error.info, message)
+        if isinstance(failure, ApiError | RetriesExhausted | CheckpointError):
+            return _Ending("failed", failure.info, str(failure))
+        if isinstance(failure, Interrupted):
+            if self.bad_input and not self.requests:
+                raise self.bad_input[0] from None  # nothing went out: a plain input error
+            if self.bad_input:
+                return _Ending(
+                    "failed", None, f"{self.bad_input[0]}; the batches before it were sent"
+                )
+            return _Ending("interrupted", None, str(failure))
+        raise failure
+
+    def stopped_at_once(self) -> None:
+        """The job's task was cancelled: the journal keeps it running, with no waiting for a
+        checkpoint that fails."""
+        with suppress(CheckpointError):
+            self.journal.finish("running", self.tally.retries, self.tally.throttled)
+
+    def settle(self, ending: _Ending) -> Report:
+        """Record the job's state in the journal, then report it."""
+        journal, tally = self.journal, self.tally
+        status, error, message = ending
+        try:
+            # The last try for acknowledgements the checkpoint could not record yet.
+            state = "completed" if status == "completed" else "running"
+            journal.finish(state, tally.retries, tally.throttled)
+        except CheckpointError as exc:
+            if error is None:
+                status, error, message = "failed", exc.info, str(exc)
+        # Only the send stage writes notes, so a dry run has none.
+        notes = [*self.warnings, *journal.notes, *([message] if message else [])]
         if journal.unrecorded:
             notes.append(
                 f"{len(journal.unrecorded)} batches the API acknowledged are not in the "
@@ -216,8 +274,22 @@ async def run_job(
             sessions=[{"session_id": s.session_id, "mode": s.mode} for s in journal.sessions],
             resumed=journal.resumed_run,
             unrecorded_batches=[ack_to_report(a) for _, a in sorted(journal.unrecorded.items())],
-            inspection=inspector.result().to_dict() if inspector else None,
+            inspection=self.inspector.result().to_dict() if self.inspector else None,
         )
+
+
+def _tally(job: UploadJob, journal: Journal, progress: ProgressFn | None) -> Tally:
+    """The job's counts: those of earlier runs of a resumed job are the job's too, from the
+    first event on."""
+    return Tally(
+        job.mode,
+        job.audience_id,
+        job.ad_account,
+        journal.sessions[0].session_id,
+        retries=journal.retries,
+        throttled=journal.throttled,
+        listener=progress,
+    )
 
 
 @contextmanager
@@ -332,20 +404,6 @@ def _bind_schema(job: UploadJob, source: InputFile) -> Schema:
     return schema
 
 
-async def _gather_or_cancel(coros: list[Coroutine[Any, Any, None]]) -> None:
-    """Run the stages together; the first failure cancels the rest and is raised alone."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in tasks:
-            if task.done() and not task.cancelled() and (exc := task.exception()):
-                raise exc
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 async def _relay(
     stop: asyncio.Event, halt: asyncio.Event, unless: Callable[[], bool] | None = None
 ) -> None:
@@ -354,129 +412,7 @@ async def _relay(
         halt.set()
 
 
-async def _read(
-    source: InputFile,
-    out: asyncio.Queue[RawChunk | CsvBlock | None],
-    on_error: tuple[list[InputError], asyncio.Event] | None,
-) -> None:
-    """Feed the input's units on. Input that breaks midway (a truncated .gz, a read error)
-    raises at once, or with `on_error`, is kept there and halts the send stage, so the
-    requests in flight finish and the job ends as failed, not with nothing said."""
-    try:
-        async for unit in source.aunits(CHUNK_ROWS):
-            await out.put(unit)
-    except InputError as exc:
-        if on_error is None:
-            raise
-        on_error[0].append(exc)
-        on_error[1].set()
-        return
-    await out.put(None)
-
-
 def _check_replace(job: UploadJob, tally: Tally) -> None:
     """A dry run refuses an empty replace as the real one would."""
     if tally.rows_read == tally.rows_rejected and not job.allow_empty_replace:
         raise InputError(EMPTY_REPLACE)
-
-
-async def _normalize(
-    inp: asyncio.Queue[RawChunk | CsvBlock | None],
-    out: asyncio.Queue[EncodedChunk | None],
-    schema: Schema,
-    options: NormalizeOptions,
-    pool: Executor | None,
-    inspector: Inspector | None = None,
-) -> None:
-    loop = asyncio.get_running_loop()
-    pending: deque[asyncio.Future[list[EncodedChunk]]] = deque()
-    window = 2 * (os.cpu_count() or 1)
-    done = False
-    while not done:
-        # Units already waiting go to a worker together, as each hand-off costs the parent
-        # about 0.2 ms; none waits for one still to come.
-        units: list[RawChunk | CsvBlock] = []
-        while len(units) < UNITS_PER_TASK and (not units or not inp.empty()):
-            if (unit := await inp.get()) is None:
-                done = True
-                break
-            units.append(unit)
-        if units:
-            # In order: results are awaited oldest first, so batches stay deterministic.
-            work = hash_units if inspector is None else inspector.work()
-            pending.append(loop.run_in_executor(pool, work, units, schema, options))
-        while pending and (done or len(pending) >= window):
-            done_units = await pending.popleft()
-            for chunk in done_units if inspector is None else inspector.take(done_units):
-                await out.put(chunk)
-    await out.put(None)
-
-
-async def _batch(
-    inp: asyncio.Queue[EncodedChunk | None],
-    out: asyncio.Queue[Batch | None],
-    job: UploadJob,
-    tally: Tally,
-    write_rejects: Callable[[list[Reject]], None],
-    already_sent: Callable[[Batch], bool] | None,
-    on_rows: Callable[[EncodedChunk], None] | None = None,
-) -> None:
-    batcher = Batcher(job.batch_size)
-
-    async def emit(batches: list[Batch]) -> None:
-        for batch in batches:
-            if already_sent is None or not already_sent(batch):
-                await out.put(batch)
-
-    while (chunk := await inp.get()) is not None:
-        if chunk.rejects:
-            write_rejects(chunk.rejects)
-        if on_rows is not None:
-            on_rows(chunk)
-        full = batcher.add(chunk)
-        tally.chunk(chunk.rows_read, chunk.rejects, len(full))
-        await emit(full)
-    if (rest := batcher.flush()) is not None:
-        tally.chunk(0, [], 1)
-        await emit([rest])
-    await out.put(None)
-
-
-async def _drain(inp: asyncio.Queue[Batch | None]) -> None:
-    while await inp.get() is not None:
-        pass
-
-
-@contextmanager
-def _pool(job: UploadJob) -> Iterator[Executor | None]:
-    """A process pool for normalize+hash, when the input is big enough to pay for starting it."""
-    workers = job.workers
-    if workers is None:
-        big = _input_size(job.source) >= POOL_MIN_BYTES
-        workers = min(os.cpu_count() or 1, 4) if big else 0
-    if workers == 0:
-        yield None
-        return
-    # spawn: forking a process that runs an event loop and threads is unsafe.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        yield pool
-
-
-def _input_size(path: str) -> int:
-    try:
-        return os.stat(path).st_size if path != "-" else 0
-    except OSError:
-        return 0
-
-
-@contextmanager
-def _rejects_writer(path: str | None) -> Iterator[Callable[[list[Reject]], None]]:
-    """Writes rejected rows as CSV: row number, key, reason; never the value."""
-    if path is None:
-        yield lambda rejects: None
-        return
-    with open(path, "w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(["row", "key", "reason"])
-        yield lambda rejects: writer.writerows((r.row, r.key, r.reason) for r in rejects)

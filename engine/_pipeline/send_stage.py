@@ -36,6 +36,7 @@ from .._report import Tally
 from .._resume.checkpoint import batch_digest
 from .._resume.journal import Journal
 from .batcher import Batch
+from .channel import Channel, EndOfStream
 from .coordinator import NextFn, SessionCoordinator
 from .sender import RetryPolicy, Sender, outcome_of, payload_parts
 
@@ -108,7 +109,7 @@ class SendStage:
         self._ctx.tally.acknowledged(record.rows, counts, record.session_id)
         return True
 
-    async def run(self, batches: asyncio.Queue[Batch | None]) -> None:
+    async def run(self, batches: Channel[Batch]) -> None:
         """Send every batch of `batches` not yet acknowledged, then return.
 
         Raises ReplaceRestart when a replace must start over from batch 1 (the input is to
@@ -245,7 +246,7 @@ class SendStage:
         )
         return self._last_coordinator
 
-    def _feed(self, batches: asyncio.Queue[Batch | None]) -> NextFn:
+    def _feed(self, batches: Channel[Batch]) -> NextFn:
         number = self._journal.numbering()
 
         async def next_batch() -> Batch | None:
@@ -253,11 +254,11 @@ class SendStage:
                 return number(self._leftovers.popleft())
             if self._exhausted:
                 return None
-            batch = await batches.get()
-            if batch is None:
+            try:
+                return number(await batches.receive())
+            except EndOfStream:
                 self._exhausted = True
                 return None
-            return number(batch)
 
         return next_batch
 

@@ -26,8 +26,8 @@ from .._input.blocks import CsvBlock
 from .._input.files import open_input
 from .._input.source import InputFile
 from .._pipeline.batcher import Batch, Batcher
-from .._pipeline.run import CHUNK_ROWS
 from .._pipeline.sender import encode_payload
+from .._pipeline.stages import CHUNK_ROWS
 from .._rows import EncodedChunk, RawChunk
 
 STAGES = ("read", "normalize_hash", "encode", "send")
