@@ -39,14 +39,17 @@ async def check_audience(
     sleep: Sleep = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
     max_wait_s: float = REPLACE_WAIT_S,
+    own_replace: bool = False,
 ) -> list[str]:
     """Read the audience and refuse (AudienceRefused) one this upload cannot go to; wait
-    while a replace runs on it. Returns warnings. `rows`: about how many rows the input has."""
+    while a replace runs on it, unless that replace is this job's own (`own_replace`: it
+    resumes a replace session it left open, which only it can finish). Returns warnings.
+    `rows`: about how many rows the input has."""
     audience = await _read(client, job.audience_id, sleep)
     _refuse_wrong(audience, job, schema)
     deadline = clock() + max_wait_s
     pause = POLL_FIRST_S
-    while audience.operation_status == REPLACING_STATUS:
+    while audience.operation_status == REPLACING_STATUS and not own_replace:
         left = deadline - clock()
         if left <= 0:
             raise AudienceRefused(

@@ -93,12 +93,15 @@ async def run_job(
     `on_rows` (a mirror's diff reads the input so).
     """
     schema = _bind_schema(job, source)
-    warnings: list[str] = []
-    if client is not None and not job.skip_audience_check:  # before anything is sent
-        warnings = await check_audience(client, job, schema, source.estimated_rows())
     if client is None:  # every dry run inspects the list (docs/inspect.md)
         (inspector := inspector or Inspector()).bind(schema)
     with _journal(job, schema, source) as journal, ExitStack() as reopened:
+        warnings: list[str] = []
+        if client is not None and not job.skip_audience_check:  # before anything is sent
+            session = journal.current
+            own = journal.resumed_run and session.mode == "replace" and not session.closed
+            rows = source.estimated_rows()
+            warnings = await check_audience(client, job, schema, rows, own_replace=own)
         run = _Run(
             job,
             client,
