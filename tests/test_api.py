@@ -29,6 +29,7 @@ import engine
 from engine._errors import InputError
 from engine._input.files import open_input
 from engine._input.memory import Rows
+from engine._pipeline.run import POOL_MIN_BYTES
 from engine.testing.fakegraph import FakeGraph
 from engine.testing.sample import EIGHT_KEYS, write_sample
 
@@ -227,6 +228,37 @@ async def test_upload_sync_from_a_plain_script(fake: FakeGraph, people: Path) ->
     assert status == "completed"
     assert int(sent) == len(expected_rows(people))
     assert fake.members(AUDIENCE) == expected_rows(people)
+
+
+async def test_the_readme_snippet_runs_as_a_plain_script_on_a_big_file(
+    fake: FakeGraph, tmp_path: Path
+) -> None:
+    """No `if __name__ == "__main__":` guard, and input big enough for the hashing processes:
+    they must not run the caller's script again."""
+    people = write_sample(tmp_path / "people.csv", 95_000)
+    assert people.stat().st_size >= POOL_MIN_BYTES
+    script = tmp_path / "upload_people.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import engine
+
+            # A script: blocks until done.
+            report = engine.upload_sync(
+                "people.csv", audience="{AUDIENCE}", ad_account="{AD_ACCOUNT}",
+                api_base="{fake.base_url}"
+            )
+            print(report.status, report.rows_read, report.rows_sent)
+            """
+        )
+    )
+    run = await run_python(str(script), cwd=tmp_path)
+    assert run.code == 0, run.stderr
+    acked = sum(e.rows for e in fake.log if e.outcome == "ok")
+    # One upload, from the script itself: a worker running it again would upload (or fail) too.
+    assert run.stdout.splitlines() == [f"completed 95000 {acked}"]
+    assert acked > 90_000
+    assert "Traceback" not in run.stderr
 
 
 def logging_setup() -> dict[str, tuple[object, ...]]:

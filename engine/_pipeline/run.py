@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import logging
-import multiprocessing
 import os
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
@@ -31,6 +30,7 @@ from .._errors import (
 )
 from .._graph.client import GraphClient
 from .._hashing.pool import hash_units
+from .._hashing.processes import hashing_pool
 from .._hashing.schema import NormalizeOptions, Schema
 from .._input.files import CsvBlock, InputFile
 from .._options import UploadJob, new_session_id
@@ -437,9 +437,7 @@ def _pool(job: UploadJob) -> Iterator[Executor | None]:
     if workers == 0:
         yield None
         return
-    # spawn: forking a process that runs an event loop and threads is unsafe.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with hashing_pool(workers) as pool:
         yield pool
 
 
