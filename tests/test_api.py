@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import signal
+import sqlite3
 import sys
 import textwrap
 import typing
@@ -39,7 +40,18 @@ from .conftest import AD_ACCOUNT, APP_SECRET, AUDIENCE, TOKEN, run_python
 
 N_ROWS = 3_000
 SCHEMA = "EMAIL,PHONE,FN,LN,ZIP,CT,ST,COUNTRY"  # EIGHT_KEYS, in their order
-KINDS = ["path", "dicts", "tuples", "rows", "async", "pandas", "polars", "arrow", "reader"]
+KINDS = [
+    "path",
+    "dicts",
+    "tuples",
+    "rows",
+    "cursor",
+    "async",
+    "pandas",
+    "polars",
+    "arrow",
+    "reader",
+]
 
 
 def options(fake: FakeGraph, **more: Any) -> dict[str, Any]:
@@ -94,6 +106,12 @@ def source_of(kind: str, rows: list[tuple[str, ...]], tmp_path: Path) -> tuple[A
         return path, {}
     if kind == "tuples":
         return rows, {"schema": SCHEMA}
+    if kind == "cursor":  # sqlite3's own: usable only on the thread that connected
+        db = sqlite3.connect(tmp_path / "people.db")
+        db.execute(f"CREATE TABLE people ({', '.join(columns)})")
+        db.executemany(f"INSERT INTO people VALUES ({', '.join('?' * len(columns))})", rows)
+        cursor = db.execute("SELECT * FROM people ORDER BY rowid")
+        return Rows(cursor, columns=[d[0] for d in cursor.description]), {}
     table = pa.Table.from_pylist(dicts)
     sources = {
         "dicts": dicts,

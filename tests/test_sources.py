@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import sqlite3
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -433,3 +434,16 @@ async def test_async_rejects_from_upstream() -> None:
 def test_a_reject_first_needs_named_columns() -> None:
     with pytest.raises(TypeError, match=r"Rows\(rows, columns="):
         open_source([Reject(1, "", "empty_row"), ("a@example.com",)])
+
+
+async def test_a_cursor_is_read_on_the_callers_thread(tmp_path: Any) -> None:
+    """sqlite3 refuses a cursor used from a thread other than its connection's."""
+    db = sqlite3.connect(tmp_path / "people.db")
+    db.execute("CREATE TABLE people (email, phone, first_name)")
+    db.executemany("INSERT INTO people VALUES (?, ?, ?)", TEXTS)
+    cursor = db.execute("SELECT * FROM people")
+    source = open_source(Rows(cursor, columns=[d[0] for d in cursor.description]))
+    assert source.bind(None, {}) == KEYS
+    chunks = [c async for c in source.achunks(2)]
+    assert [c.rows_read for c in chunks] == [2, 2, 1]
+    assert rows_of(chunks) == list(enumerate(TEXTS, 1))

@@ -17,6 +17,7 @@ value), numbers their digits (94107.0, a zip in a column pandas turned into floa
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import math
@@ -39,6 +40,8 @@ from .._rows import RawChunk, Reject
 from .files import MAX_FIELD, InputFile, open_input
 
 __all__ = ["Rows", "Source", "aopen_source", "open_source"]
+
+_FETCH_ROWS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +69,10 @@ def open_source(source: Source, fmt: str | None = None) -> InputFile:
     """Open any supported source but an async iterable (see `aopen_source`) as an InputFile.
 
     A plain iterable's first item is read here, to learn its columns; the rest is read
-    later, in a worker thread, so an iterable bound to one thread (a sqlite3 cursor with
-    check_same_thread) cannot be used directly: fetch its rows first.
+    later, in a worker thread. A DB-API cursor (an object with `fetchmany`) is read on the
+    event loop's thread instead, the caller's: drivers such as sqlite3 refuse a cursor used
+    from another thread. A fetch holds the loop while it runs, which a cursor over a local
+    or fast database does not notice.
     """
     if isinstance(source, str | os.PathLike):
         return open_input(os.fspath(source), fmt)
@@ -82,10 +87,11 @@ def open_source(source: Source, fmt: str | None = None) -> InputFile:
     data, columns = _unwrap(source)
     if isinstance(data, AsyncIterable):
         raise TypeError("an async iterable is opened with `await aopen_source(...)`")
-    items = iter(data)
+    cursor = _is_cursor(data)
+    items = _fetched(data) if cursor else iter(data)
     first = next(items, _END)
     rest = items if first is _END else itertools.chain([first], items)
-    return _IterRows(_kind(data), first, columns, rest)
+    return _IterRows(_kind(data), first, columns, rest, on_loop=cursor)
 
 
 async def aopen_source(source: Source, fmt: str | None = None) -> InputFile:
@@ -114,8 +120,8 @@ def _unwrap(source: Source) -> tuple[Any, list[str] | None]:
     """The iterable itself, and its column names when `Rows` gives them."""
     if isinstance(source, Rows):
         return source.data, [str(c) for c in source.columns]
-    if isinstance(source, Mapping | bytes | bytearray) or not isinstance(
-        source, Iterable | AsyncIterable
+    if isinstance(source, Mapping | bytes | bytearray) or not (
+        isinstance(source, Iterable | AsyncIterable) or _is_cursor(source)
     ):
         raise TypeError(
             f"cannot read rows from a {type(source).__name__}: pass a path, an iterable of "
@@ -126,6 +132,16 @@ def _unwrap(source: Source) -> tuple[Any, list[str] | None]:
 
 def _kind(obj: object) -> str:
     return f"<{type(obj).__name__}>"
+
+
+def _is_cursor(obj: object) -> bool:
+    return callable(getattr(obj, "fetchmany", None))
+
+
+def _fetched(cursor: Any) -> Iterator[object]:
+    """A DB-API cursor's rows, fetched a batch at a time (iterating one is optional)."""
+    while rows := cursor.fetchmany(_FETCH_ROWS):
+        yield from rows
 
 
 # --- cells ----------------------------------------------------------------------------------
@@ -282,11 +298,29 @@ class _RowsInput(_MemoryInput):
 
 
 class _IterRows(_RowsInput):
+    """A sync iterable: read in a worker thread, or `on_loop` (a cursor) on the loop's."""
+
     def __init__(
-        self, kind: str, first: object, columns: list[str] | None, items: Iterator[object]
+        self,
+        kind: str,
+        first: object,
+        columns: list[str] | None,
+        items: Iterator[object],
+        *,
+        on_loop: bool,
     ) -> None:
         super().__init__(kind, first, columns)
         self._items = items
+        self._on_loop = on_loop
+
+    async def achunks(self, chunk_rows: int = 5000) -> AsyncIterator[RawChunk]:
+        if not self._on_loop:
+            async for chunk in super().achunks(chunk_rows):
+                yield chunk
+            return
+        for chunk in self.chunks(chunk_rows):
+            yield chunk
+            await asyncio.sleep(0)  # let requests in flight be answered between fetches
 
     def chunks(self, chunk_rows: int = 5000) -> Iterator[RawChunk]:
         chunk = RawChunk([], [])
