@@ -431,9 +431,28 @@ async def test_async_rejects_from_upstream() -> None:
     assert rejects_of(chunks) == [Reject(1, "EMAIL", "invalid_email")]
 
 
-def test_a_reject_first_needs_named_columns() -> None:
-    with pytest.raises(TypeError, match=r"Rows\(rows, columns="):
-        open_source([Reject(1, "", "empty_row"), ("a@example.com",)])
+def test_rows_after_leading_rejects_say_what_the_rows_are() -> None:
+    first = Reject(1, "EMAIL", "invalid_email")
+    _, chunks = read(open_source([first, first, PEOPLE[0]]), chunk_rows=5)
+    assert rows_of(chunks) == [(3, TEXTS[0])]
+    assert rejects_of(chunks) == [first, Reject(2, "EMAIL", "invalid_email")]
+    _, chunks = read(open_source([first, ("a@example.com",)]), schema=["EMAIL"])
+    assert rows_of(chunks) == [(2, ("a@example.com",))]
+    with pytest.raises(InputError, match="need schema="):  # nothing tells the columns
+        read(open_source([first]))
+    _, chunks = read(open_source([first]), schema=["EMAIL"])
+    assert rejects_of(chunks) == [first]
+
+
+async def test_async_rows_after_leading_rejects() -> None:
+    async def rows() -> AsyncIterator[Any]:
+        yield Reject(1, "EMAIL", "invalid_email")
+        yield PEOPLE[0]
+
+    source = await aopen_source(rows())
+    assert source.bind(None, {}) == KEYS
+    chunks = [c async for c in source.achunks(10)]
+    assert rows_of(chunks) == [(2, TEXTS[0])]
 
 
 async def test_a_cursor_is_read_on_the_callers_thread(tmp_path: Any) -> None:
