@@ -34,6 +34,7 @@ HASHED_KEYS = (
     "COUNTRY",
 )
 PLAIN_KEYS = ("MADID", "EXTERN_ID")
+IDENTIFYING_KEYS = ("EMAIL", "PHONE", "MADID", "EXTERN_ID", "FN", "LN", "FI")
 VALUE_KEY = "LOOKALIKE_VALUE"
 SINGLE_KEY = {"EMAIL_SHA256": "EMAIL", "PHONE_SHA256": "PHONE", "MOBILE_ADVERTISER_ID": "MADID"}
 
@@ -213,18 +214,40 @@ def judge_row(
         for k, c in zip(keys, cells, strict=True)
     ]
     identifiers = [(k, v) for k, v in zip(keys, out, strict=True) if k != VALUE_KEY]
-    if not any(v not in ("", None) for _, v in identifiers):
-        for k, v in identifiers:
+    identifying = [(k, v) for k, v in identifiers if k in IDENTIFYING_KEYS]
+    if not any(v not in ("", None) for _, v in identifying):
+        for k, v in identifying:
             if v is None:
-                return None, (k, "invalid_hash" if prehashed and k in HASHED_KEYS else _reason(k))
-        return None, ("", "empty_row")
+                return None, (k, _reason(k, prehashed))
+        if all(v == "" for _, v in identifiers):
+            return None, ("", "empty_row")
+        return None, ("", "no_identifying_key")
     if VALUE_KEY in keys and out[list(keys).index(VALUE_KEY)] in ("", None):
         return None, (VALUE_KEY, "invalid_lookalike_value")
     return ["" if v is None else v for v in out], None
 
 
-def _reason(key: str) -> str:
-    return f"invalid_{key.lower()}"
+def blanked(
+    keys: Sequence[str],
+    cells: Sequence[str],
+    *,
+    prehashed: bool = False,
+    default_country_code: str | None = None,
+) -> list[tuple[str, str]]:
+    """(key, reason) of each invalid cell sent as "" in this row; none when it is rejected."""
+    row, _ = judge_row(keys, cells, prehashed=prehashed, default_country_code=default_country_code)
+    if row is None:
+        return []
+    return [
+        (k, _reason(k, prehashed))
+        for k, c in zip(keys, cells, strict=True)
+        if payload_cell(k, c, prehashed=prehashed, default_country_code=default_country_code)
+        is None
+    ]
+
+
+def _reason(key: str, prehashed: bool) -> str:
+    return "invalid_hash" if prehashed and key in HASHED_KEYS else f"invalid_{key.lower()}"
 
 
 def expected_row(

@@ -16,11 +16,20 @@ from typing import cast
 
 import orjson
 
-from .._rows import EncodedChunk, HashedChunk, RawChunk, Reject
+from .._rows import Blanked, EncodedChunk, HashedChunk, RawChunk, Reject
 from .digest import sha256
 from .fast_email import email_column
 from .rules import is_digest, lookalike, normalizers, phone_digits
-from .schema import CACHED_KEYS, PLAIN_KEYS, VALUE_KEY, Cell, NormalizeOptions, Normalizer, Schema
+from .schema import (
+    CACHED_KEYS,
+    IDENTIFYING_KEYS,
+    PLAIN_KEYS,
+    VALUE_KEY,
+    Cell,
+    NormalizeOptions,
+    Normalizer,
+    Schema,
+)
 
 CellFn = Callable[[str], Cell | None]
 
@@ -131,14 +140,14 @@ def _column_functions(schema: Schema, options: NormalizeOptions) -> list[ColumnF
 
 def normalize_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) -> HashedChunk:
     """Normalize and hash one chunk; every input row ends up in `data` or in `rejects`, once."""
-    numbers, columns, rejects = _normalized(chunk, schema, options)
+    numbers, columns, rejects, blanked = _normalized(chunk, schema, options)
     data: list[list[Cell]] = list(map(list, zip(*columns, strict=True)))
-    return HashedChunk(numbers, data, rejects, chunk.rows_read)
+    return HashedChunk(numbers, data, rejects, chunk.rows_read, blanked)
 
 
 def encode_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) -> EncodedChunk:
     """`normalize_chunk`, with each row already serialized as it goes in the payload."""
-    numbers, columns, rejects = _normalized(chunk, schema, options)
+    numbers, columns, rejects, blanked = _normalized(chunk, schema, options)
     rows: Sequence[object] = columns[0] if schema.single_key else list(zip(*columns, strict=True))
     if PLAIN_KEYS.isdisjoint(schema.keys):
         # Every cell is a hex digest or "", which JSON writes as its text in quotes: one dump
@@ -157,14 +166,14 @@ def encode_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) -> 
         data = b",".join(fragments)
         # Where each row's comma falls, plus one: the running length of rows and commas.
         stops = array("q", map(add, accumulate(map(len, fragments)), count(1)))
-    return EncodedChunk(array("q", numbers), data, stops, rejects, chunk.rows_read)
+    return EncodedChunk(array("q", numbers), data, stops, rejects, chunk.rows_read, blanked)
 
 
 def _normalized(
     chunk: RawChunk, schema: Schema, options: NormalizeOptions
-) -> tuple[list[int], list[list[Cell]], list[Reject]]:
-    """The row numbers of the rows sent, their payload cells column by column, and the
-    rejects (the reader's and this chunk's, in input order)."""
+) -> tuple[list[int], list[list[Cell]], list[Reject], Blanked]:
+    """The row numbers of the rows sent, their payload cells column by column, the rejects
+    (the reader's and this chunk's, in input order) and the invalid cells sent as ""."""
     keys = schema.keys
     width = len(keys)
     reasons = [
@@ -173,10 +182,11 @@ def _normalized(
     ]
     value_at = keys.index(VALUE_KEY) if VALUE_KEY in keys else -1
     id_at = [i for i in range(width) if i != value_at]
+    ident_at = [i for i in id_at if keys[i] in IDENTIFYING_KEYS]
     numbers, values = chunk.row_numbers, chunk.values
     rejects = list(chunk.rejects)
     if not values:
-        return [], [[] for _ in keys], rejects
+        return [], [[] for _ in keys], rejects, ()
 
     # Reasons by row position, so rejects come out in input order whichever check found them.
     dropped: dict[int, Reject] = {}
@@ -195,30 +205,39 @@ def _normalized(
         for k, fn in enumerate(_column_functions(schema, options))
     ]
 
-    ids = [columns[i] for i in id_at]
-    # A row is sent when one identifier is valid and not empty, so only rows whose first
-    # identifier is not can be rejected.
-    for i in compress(range(len(values)), map(not_, ids[0])):
-        if i in dropped or any(column[i] for column in ids[1:]):
+    # A row is sent when one identifying key is valid and not empty, so only rows whose
+    # first identifying key is not can be rejected.
+    first = columns[ident_at[0]] if ident_at else [None] * len(values)
+    others = [columns[i] for i in ident_at[1:]]
+    for i in compress(range(len(values)), map(not_, first)):
+        if i in dropped or any(column[i] for column in others):
             continue
-        bad = next((k for k in id_at if columns[k][i] is None), -1)
-        dropped[i] = (
-            Reject(numbers[i], keys[bad], reasons[bad])
-            if bad >= 0
-            else (Reject(numbers[i], "", "empty_row"))
-        )
+        bad = next((k for k in ident_at if columns[k][i] is None), -1)
+        if bad >= 0:
+            dropped[i] = Reject(numbers[i], keys[bad], reasons[bad])
+        elif any(columns[k][i] != "" for k in id_at):  # gender, a birth date, places...
+            dropped[i] = Reject(numbers[i], "", "no_identifying_key")
+        else:
+            dropped[i] = Reject(numbers[i], "", "empty_row")
     if value_at >= 0:
         for i, v in enumerate(columns[value_at]):
             if (v is None or v == "") and i not in dropped:
                 dropped[i] = Reject(numbers[i], VALUE_KEY, "invalid_lookalike_value")
 
-    # An invalid cell of a row that is sent goes as "" (unknown), never as a hash.
+    # An invalid cell of a row that is sent goes as "" (unknown), never as a hash; it is
+    # counted by key and reason.
+    invalid = [None in column for column in columns]
+    blanked = tuple(
+        (keys[k], reasons[k], n)
+        for k, column in enumerate(columns)
+        if invalid[k] and (n := column.count(None) - sum(column[i] is None for i in dropped))
+    )
     cells: list[list[Cell]] = [
-        [("" if c is None else c) for c in column] if None in column else column  # type: ignore[misc]
-        for column in columns
+        [("" if c is None else c) for c in column] if bad else column  # type: ignore[misc]
+        for column, bad in zip(columns, invalid, strict=True)
     ]
     if not dropped:
-        return list(numbers), cells, rejects
+        return list(numbers), cells, rejects, blanked
     keep = [True] * len(values)
     for i in dropped:
         keep[i] = False
@@ -227,4 +246,5 @@ def _normalized(
         list(compress(numbers, keep)),
         [list(compress(column, keep)) for column in cells],
         rejects,
+        blanked,
     )

@@ -414,7 +414,7 @@ async def _batch(
         if chunk.rejects:
             write_rejects(chunk.rejects)
         full = batcher.add(chunk)
-        tally.chunk(chunk.rows_read, chunk.rejects, len(full))
+        tally.chunk(chunk.rows_read, chunk.rejects, len(full), chunk.blanked)
         await emit(full)
     if (rest := batcher.flush()) is not None:
         tally.chunk(0, [], 1)
