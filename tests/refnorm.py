@@ -16,6 +16,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+import phonenumbers
 import pycountry
 
 HASHED_KEYS = (
@@ -96,6 +97,9 @@ def _email(s: str) -> str | None:
 
 
 def _phone(s: str, default_country_code: str | None) -> str | None:
+    if any(c.isascii() and c not in "0123456789 +-()./" for c in s):
+        return _phone_by_library(s, default_country_code)
+    s = s.replace("(0)", "")
     digits = "".join(c for c in s if c in "0123456789")
     international = s.startswith("+") or digits.startswith("00")
     digits = digits.lstrip("0")
@@ -103,6 +107,26 @@ def _phone(s: str, default_country_code: str | None) -> str | None:
     if cc and not international and not (len(digits) > 10 and digits.startswith(cc)):
         digits = cc + digits
     return digits if 7 <= len(digits) <= 15 else None
+
+
+def _phone_by_library(s: str, calling_code: str | None) -> str | None:
+    region = phonenumbers.region_code_for_country_code(int(calling_code or "0"))
+    if s.startswith("00"):
+        s = "+" + s[2:]
+    try:
+        number = phonenumbers.parse(s, region)
+    except phonenumbers.NumberParseException:
+        return None
+    digits = str(number.country_code) + phonenumbers.national_significant_number(number)
+    return digits if 7 <= len(digits) <= 15 else None
+
+
+def _calling_code(country: str) -> str | None:
+    """The calling code of a COUNTRY cell's country, if it names one."""
+    code = normalize("COUNTRY", country)
+    if not isinstance(code, str) or len(code) != 2:  # empty, invalid or a digest
+        return None
+    return str(phonenumbers.country_code_for_region(code.upper())) or None
 
 
 def _year(s: str) -> str | None:
@@ -213,6 +237,13 @@ def judge_row(
         payload_cell(k, c, prehashed=prehashed, default_country_code=default_country_code)
         for k, c in zip(keys, cells, strict=True)
     ]
+    if "PHONE" in keys and "COUNTRY" in keys:
+        # The row's country gives the calling code of a number written without one.
+        row_code = _calling_code(cells[list(keys).index("COUNTRY")]) or default_country_code
+        at = list(keys).index("PHONE")
+        out[at] = payload_cell(
+            "PHONE", cells[at], prehashed=prehashed, default_country_code=row_code
+        )
     identifiers = [(k, v) for k, v in zip(keys, out, strict=True) if k != VALUE_KEY]
     identifying = [(k, v) for k, v in identifiers if k in IDENTIFYING_KEYS]
     if not any(v not in ("", None) for _, v in identifying):

@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import pickle
 import unicodedata
+from typing import Any
 
 import orjson
 import pytest
@@ -88,7 +89,13 @@ def test_meta_vectors_through_normalization() -> None:
         # PHONE: digits only, leading zeros removed, 7..15 digits
         ("PHONE", "+1 (555) 010-9999", "15550109999"),
         ("PHONE", "0044 7700 900123", "447700900123"),
-        ("PHONE", "+44 (0) 7700 900123", "4407700900123"),
+        ("PHONE", "+44 (0) 7700 900123", "447700900123"),  # (0): the national trunk prefix
+        ("PHONE", "+49 (0)30 123456", "4930123456"),
+        ("PHONE", "+1 555 010 9999 ext 12", "15550109999"),  # the extension is no digit of it
+        ("PHONE", "+1 (555) 010-9999 x12", "15550109999"),
+        ("PHONE", "+1 555 010 9999 #12", "15550109999"),
+        ("PHONE", "tel: +44 7700 900123", "447700900123"),
+        ("PHONE", "555 010 9999 ext 12", None),  # no country code to read it by
         ("PHONE", "1-555-987-6543", "15559876543"),
         ("PHONE", "  ", ""),
         ("PHONE", "123456", None),
@@ -222,6 +229,9 @@ def test_normalize_value(key: str, raw: str, expected: str | None) -> None:
         ("5550109999", None, "5550109999"),
         ("123 4567", "1", "11234567"),  # starts with the code but too short to carry it
         ("0441 234 5678", "44", "444412345678"),
+        ("(555) 010-9999 ext. 12", "1", "15550109999"),
+        ("030 123456 x 7", "49", "4930123456"),
+        ("0049 30 123456 ext 7", "1", "4930123456"),
     ],
 )
 def test_phone_default_country_code(raw: str, cc: str | None, expected: str) -> None:
@@ -230,6 +240,28 @@ def test_phone_default_country_code(raw: str, cc: str | None, expected: str) -> 
         RawChunk([1], [(raw,)]), Schema.parse("PHONE"), NormalizeOptions(default_country_code=cc)
     )
     assert chunk.data == [[sha(expected)]]
+
+
+@pytest.mark.parametrize("encode", [normalize_chunk, encode_chunk])
+def test_a_country_column_gives_each_rows_phone_its_calling_code(encode: Any) -> None:
+    rows = [
+        ("030 123456", "Germany"),  # national: Germany's code, not the default
+        ("(555) 010-9999", "US"),
+        ("+44 7700 900123", "DE"),  # international: its own code
+        ("07700 900123 ext 4", "gb"),  # read by phonenumbers, in the row's region
+        ("5550109999", ""),  # no country: the default
+        ("5550109999", "Narnia"),  # no such country: the default
+    ]
+    schema = Schema.parse("PHONE,COUNTRY")
+    out = normalize_chunk(RawChunk([1, 2, 3, 4, 5, 6], rows), schema, NormalizeOptions(False, "1"))
+    phones = ["4930123456", "15550109999", "447700900123", "447700900123"]
+    phones += ["15550109999", "15550109999"]
+    assert [row[0] for row in out.data] == [sha(p) for p in phones]
+    expected = [refnorm.expected_row(schema.keys, row, default_country_code="1") for row in rows]
+    assert out.data == expected
+    assert out.blanked == (("COUNTRY", "invalid_country", 1),)
+    encoded = encode(RawChunk([1, 2, 3, 4, 5, 6], rows), schema, NormalizeOptions(False, "1"))
+    assert encoded.rejects == []
 
 
 @pytest.mark.parametrize("cc", ["", "abc", "12345", "1-2"])

@@ -12,14 +12,14 @@ from array import array
 from collections.abc import Callable, Sequence
 from itertools import accumulate, compress, count, repeat
 from operator import add, itemgetter, not_
-from typing import cast
+from typing import Protocol, cast
 
 import orjson
 
 from .._rows import Blanked, EncodedChunk, HashedChunk, RawChunk, Reject
 from .digest import sha256
 from .fast_email import email_column
-from .rules import is_digest, lookalike, normalizers, phone_digits
+from .rules import calling_code, is_digest, lookalike, normalizers, phone_digits
 from .schema import (
     CACHED_KEYS,
     IDENTIFYING_KEYS,
@@ -34,7 +34,9 @@ from .schema import (
 CellFn = Callable[[str], Cell | None]
 
 
-ColumnFn = Callable[[Sequence[str]], list[Cell | None]]
+# (a key's cells, the rows they are from) -> its values. The rows are for PHONE, whose
+# calling code may come from the row's COUNTRY.
+ColumnFn = Callable[[Sequence[str], Sequence[tuple[str, ...]]], list[Cell | None]]
 
 
 def _passthrough(raw: str) -> str | None:
@@ -55,20 +57,46 @@ def _hashed(norm: Normalizer) -> CellFn:
     return cell
 
 
-def _hashed_phone(default_cc: str | None) -> CellFn:
+class _PhoneCell(Protocol):
+    def __call__(self, raw: str, row_cc: bytes | None = None, /) -> str | None: ...
+
+
+def _hashed_phone(default_cc: str | None) -> _PhoneCell:
+    """PHONE's cell, given the row's calling code (None: the default one)."""
     # The digits are hashed as the bytes they were cut from: no str round trip per cell.
     digits_of = phone_digits(default_cc)
     sha = sha256
 
-    def cell(raw: str) -> str | None:
+    def cell(raw: str, row_cc: bytes | None = None, /) -> str | None:
         if len(raw) >= 64 and (digest := _passthrough(raw)) is not None:
             return digest
-        digits = digits_of(raw)
+        digits = digits_of(raw, row_cc)
         if digits:
             return sha(digits).hexdigest()
         return None if digits is None else ""
 
     return cell
+
+
+def _phone_by_country(default_cc: str | None, country_at: int) -> ColumnFn:
+    """PHONE, where each row's COUNTRY gives the calling code of a number written without one."""
+    cell = _hashed_phone(default_cc)
+
+    def column(raws: Sequence[str], rows: Sequence[tuple[str, ...]]) -> list[Cell | None]:
+        countries = list(map(itemgetter(country_at), rows))
+        codes = dict.fromkeys(countries)  # a few distinct countries per chunk
+        for country in codes:
+            codes[country] = _safe_code(country)
+        return list(map(cell, raws, map(codes.__getitem__, countries)))
+
+    return column
+
+
+def _safe_code(country: str) -> bytes | None:
+    try:
+        return calling_code(country)
+    except ValueError:  # text that cannot be encoded names no country
+        return None
 
 
 def _prehashed_cell(raw: str) -> str | None:
@@ -91,7 +119,7 @@ def _safe(fn: CellFn, raw: str) -> Cell | None:
 
 
 def _by_cell(fn: CellFn) -> ColumnFn:
-    def column(raws: Sequence[str]) -> list[Cell | None]:
+    def column(raws: Sequence[str], rows: object) -> list[Cell | None]:
         try:
             return list(map(fn, raws))
         except ValueError:
@@ -102,7 +130,7 @@ def _by_cell(fn: CellFn) -> ColumnFn:
 
 def _by_distinct(fn: CellFn) -> ColumnFn:
     # One call per distinct value, kept for this chunk only so it stays as small as the chunk.
-    def column(raws: Sequence[str]) -> list[Cell | None]:
+    def column(raws: Sequence[str], rows: object) -> list[Cell | None]:
         results: dict[str, Cell | None] = dict.fromkeys(raws)
         try:
             for raw in results:
@@ -128,7 +156,10 @@ def _column_functions(schema: Schema, options: NormalizeOptions) -> list[ColumnF
         elif options.prehashed:
             fn = _prehashed_cell
         elif key == "EMAIL":
-            columns.append(email_column)
+            columns.append(lambda raws, rows: email_column(raws))
+            continue
+        elif key == "PHONE" and "COUNTRY" in schema.keys:
+            columns.append(_phone_by_country(cc, schema.keys.index("COUNTRY")))
             continue
         elif key == "PHONE":
             fn = _hashed_phone(cc)
@@ -201,7 +232,7 @@ def _normalized(
                 values[i] = blank
     # One pass per key: zip(*values) would advance an iterator per row for every cell.
     columns = [
-        fn(list(map(itemgetter(k), values)))
+        fn(list(map(itemgetter(k), values)), values)
         for k, fn in enumerate(_column_functions(schema, options))
     ]
 
