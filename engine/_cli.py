@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import difflib
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ import orjson
 from ._api import Uploader
 from ._errors import InputError
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
+from ._hints import did_you_mean
 from ._options import Option, check_bounds, job_options
 from ._quota.limiter import LimiterConfig
 from ._report import Progress, ProgressFn, Report
@@ -136,9 +136,7 @@ def _read_config(path: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for key, value in data.items():
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise InputError(f"config {path}: unknown option {key!r}{hint}")
+            raise InputError(f"config {path}: unknown option {key!r}{did_you_mean(key, known)}")
         options[known[key]] = value
     return options
 
