@@ -1,4 +1,4 @@
-"""Command line: `python -m engine upload INPUT [options]` and friends (SPEC section 6).
+"""Command line: `python -m engine upload INPUT [options]` and friends.
 
 A thin layer: it turns options into an UploadJob, runs it, prints the report and maps
 the outcome to an exit code. The library underneath never exits or touches signals.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -61,17 +62,49 @@ def _argument(opt: Option) -> dict[str, Any]:
     return {"type": opt.kind, "choices": opt.choices, "metavar": metavar}
 
 
+# Options an environment variable may set when neither the command line nor --config does.
+_ENV_DEFAULTS = {"api_base": "META_API_BASE", "api_version": "META_API_VERSION"}
+
+_UPLOAD_EPILOG = """\
+environment:
+  META_ACCESS_TOKEN   the access token (required unless --dry-run; never on the command line)
+  META_APP_SECRET     the app secret: turns on appsecret_proof (optional)
+  META_API_BASE, META_API_VERSION   defaults of --api-base and --api-version
+
+exit codes:
+  0  completed (or a dry run)
+  1  the API refused the job, retries ran out, or the input broke after batches went out
+  2  bad usage or input: nothing was sent
+  3  interrupted (SIGINT/SIGTERM): run the same command again to resume
+"""
+
+
 def _help(opt: Option) -> str:
+    if (env := _ENV_DEFAULTS.get(opt.field)) is not None:
+        return f"{opt.help} (default ${env}, else {opt.default})"
     if opt.kind is bool or opt.default in (None, {}, ""):
         return opt.help
     return f"{opt.help} (default {opt.default})"
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("audience-engine")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="audience-engine", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("upload", help="upload a people list to a Custom Audience")
+    up = sub.add_parser(
+        "upload",
+        help="upload a people list to a Custom Audience",
+        epilog=_UPLOAD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     # Every default is None so a --config file can fill what the command line leaves out.
     up.add_argument(
         "input", help="file to read (csv, jsonl, parquet, optionally .gz) or - for stdin"
@@ -89,14 +122,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=f"seconds in-flight requests get after a signal (default {DEFAULT_GRACE_S:g})",
     )
-    up.add_argument("--rate", type=float, help="requests/s per ad account at full speed")
+    limits = LimiterConfig()
     up.add_argument(
-        "--burst", type=int, help="requests an ad account may send at once after a lull"
+        "--rate",
+        type=float,
+        help=f"requests/s per ad account at full speed (default {limits.rate:g})",
     )
-    up.add_argument("--max-throttle-wait", type=float, help="longest pause on a throttle (s)")
+    up.add_argument(
+        "--burst",
+        type=int,
+        help=f"requests an ad account may send at once after a lull (default {limits.burst})",
+    )
+    up.add_argument(
+        "--max-throttle-wait",
+        type=float,
+        help=f"longest pause on a throttle, seconds (default {limits.max_throttle_wait_s:g})",
+    )
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     up.add_argument("-v", "--verbose", action="store_true", help="log retries and throttles")
 
+    # Each has its own options (`worker --help`, `fake-graph --help`): main() hands them over.
+    worker = sub.add_parser(
+        "worker", help="run the job service pipelines hand uploads to over HTTP", add_help=False
+    )
+    worker.add_argument("args", nargs=argparse.REMAINDER)
     fake = sub.add_parser("fake-graph", help="run the built-in fake Graph API", add_help=False)
     fake.add_argument("args", nargs=argparse.REMAINDER)
     status = sub.add_parser("status", help="show a job's progress from its checkpoint")
@@ -215,9 +264,12 @@ async def _upload(options: dict[str, Any]) -> int:
     kwargs = _upload_options(options)
     if "checkpoint" in kwargs:
         kwargs["unrecorded_batches"] = _unrecorded(options.get("report"))
+    if not options.get("dry_run") and not os.environ.get("META_ACCESS_TOKEN"):
+        raise InputError("no access token: set META_ACCESS_TOKEN")
+    env = {field: os.environ.get(name) for field, name in _ENV_DEFAULTS.items()}
     uploader = Uploader(
-        api_base=options.get("api_base") or DEFAULT_API_BASE,
-        api_version=options.get("api_version") or DEFAULT_API_VERSION,
+        api_base=options.get("api_base") or env["api_base"] or DEFAULT_API_BASE,
+        api_version=options.get("api_version") or env["api_version"] or DEFAULT_API_VERSION,
         limits=_limits(options),
     )
     stop = asyncio.Event()
