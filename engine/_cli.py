@@ -105,9 +105,37 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_UPLOAD_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _job_arguments(up, "input")
+    # Each has its own options (`worker --help`, `fake-graph --help`): main() hands them over.
+    worker = sub.add_parser(
+        "worker", help="run the job service pipelines hand uploads to over HTTP", add_help=False
+    )
+    worker.add_argument("args", nargs=argparse.REMAINDER)
+    fake = sub.add_parser("fake-graph", help="run the built-in fake Graph API", add_help=False)
+    fake.add_argument("args", nargs=argparse.REMAINDER)
+    status = sub.add_parser(
+        "status",
+        help="show a job's progress from its checkpoint",
+        description="Show a job's progress from its checkpoint, without calling the API: "
+        "--checkpoint PATH, or the upload's own arguments (INPUT --audience --ad-account "
+        "[--mode]) to find its default checkpoint.",
+    )
+    _job_arguments(status, "?")
+    status.add_argument(
+        "--list", action="store_true", help="list the checkpoints in the default folder"
+    )
+    demo = sub.add_parser("demo", help="upload a generated file to the built-in fake Graph API")
+    demo.add_argument("--rows", type=int, default=50_000)
+    return parser
+
+
+def _job_arguments(up: argparse.ArgumentParser, input_nargs: str) -> None:
+    """An upload's arguments (status takes them too, to find the upload's checkpoint)."""
     # Every default is None so a --config file can fill what the command line leaves out.
     up.add_argument(
-        "input", help="file to read (csv, jsonl, parquet, optionally .gz) or - for stdin"
+        "input",
+        nargs=None if input_nargs == "input" else input_nargs,
+        help="file to read (csv, jsonl, parquet, optionally .gz) or - for stdin",
     )
     up.add_argument("--config", help="TOML file with options; command-line values win")
     for opt in job_options():
@@ -140,19 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     up.add_argument("-v", "--verbose", action="store_true", help="log retries and throttles")
-
-    # Each has its own options (`worker --help`, `fake-graph --help`): main() hands them over.
-    worker = sub.add_parser(
-        "worker", help="run the job service pipelines hand uploads to over HTTP", add_help=False
-    )
-    worker.add_argument("args", nargs=argparse.REMAINDER)
-    fake = sub.add_parser("fake-graph", help="run the built-in fake Graph API", add_help=False)
-    fake.add_argument("args", nargs=argparse.REMAINDER)
-    status = sub.add_parser("status", help="show a job's progress from its checkpoint")
-    status.add_argument("--checkpoint", required=True, help="the job's progress file")
-    demo = sub.add_parser("demo", help="upload a generated file to the built-in fake Graph API")
-    demo.add_argument("--rows", type=int, default=50_000)
-    return parser
 
 
 # Options of the process, beside the job's (`job_options()`): their config-file names.
@@ -215,12 +230,52 @@ def _upload_options(options: dict[str, Any]) -> dict[str, Any]:
     if options.get("no_checkpoint") or options.get("dry_run"):
         kwargs.pop("checkpoint", None)
     elif not options.get("checkpoint"):
-        source = options["input"]
-        where = source if source == "-" else os.path.abspath(source)
-        audience, account = options["audience_id"], options["ad_account"]
-        job = f"{where}|{audience}|{account}|{options.get('mode', 'add')}"
-        kwargs["checkpoint"] = str(default_path(job))
+        kwargs["checkpoint"] = _default_checkpoint(options)
     return kwargs
+
+
+def _default_checkpoint(options: dict[str, Any]) -> str:
+    """Where a job keeps its progress unless told: named by its input, audience, account, mode."""
+    source = options["input"]
+    where = source if source == "-" else os.path.abspath(source)
+    audience, account = options["audience_id"], options["ad_account"]
+    job = f"{where}|{audience}|{account}|{options.get('mode', 'add')}"
+    return str(default_path(job))
+
+
+def _status_command(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list_checkpoints()
+    options = _options(args)
+    if options.get("checkpoint"):
+        return _status(options["checkpoint"])
+    if not (options.get("input") and options.get("audience_id") and options.get("ad_account")):
+        raise InputError(
+            "status needs --checkpoint PATH, --list, or the upload's INPUT --audience "
+            "--ad-account (and --mode) to find its checkpoint"
+        )
+    return _status(_default_checkpoint(options))
+
+
+def _list_checkpoints() -> int:
+    """The default checkpoints, newest first: each one's path, job, state and last update."""
+    folder = default_path("").parent
+    paths = sorted(folder.glob("*.sqlite"), key=lambda p: p.stat().st_mtime, reverse=True)
+    listed = []
+    for path in paths if folder.is_dir() else []:
+        checkpoint = Checkpoint(str(path))
+        try:
+            record = checkpoint.load()
+        finally:
+            checkpoint.close()
+        if record is not None:
+            job = orjson.loads(record.identity)
+            state, updated = record.state, record.updated_at
+            listed.append(
+                {"checkpoint": str(path), "job": job, "state": state, "updated_at": updated}
+            )
+    sys.stdout.write(orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK
 
 
 def _limits(options: dict[str, Any]) -> LimiterConfig:
@@ -423,7 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "status":
-        return _status(args.checkpoint)
+        try:
+            return _status_command(args)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "demo":
         from .testing.demo import demo
 
