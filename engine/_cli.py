@@ -1,4 +1,4 @@
-"""Command line: `python -m engine upload INPUT [options]` and friends (SPEC section 6).
+"""Command line: `python -m engine upload INPUT [options]` and friends.
 
 A thin layer: it turns options into an UploadJob, runs it, prints the report and maps
 the outcome to an exit code. The library underneath never exits or touches signals.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import difflib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -25,6 +25,7 @@ from ._api import Uploader
 from ._commands import COMMANDS, add_commands, run_command
 from ._errors import InputError
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
+from ._hints import did_you_mean
 from ._options import Option, check_bounds, job_options
 from ._quota.limiter import LimiterConfig
 from ._report import Progress, ProgressFn, Report
@@ -62,20 +63,81 @@ def _argument(opt: Option) -> dict[str, Any]:
     return {"type": opt.kind, "choices": opt.choices, "metavar": metavar}
 
 
+# Options an environment variable may set when neither the command line nor --config does.
+_ENV_DEFAULTS = {"api_base": "META_API_BASE", "api_version": "META_API_VERSION"}
+
+_UPLOAD_EPILOG = """\
+environment:
+  META_ACCESS_TOKEN   the access token (required unless --dry-run; never on the command line)
+  META_APP_SECRET     the app secret: turns on appsecret_proof (optional)
+  META_API_BASE, META_API_VERSION   defaults of --api-base and --api-version
+
+exit codes:
+  0  completed (or a dry run)
+  1  the API refused the job, retries ran out, or the input broke after batches went out
+  2  bad usage or input: nothing was sent
+  3  interrupted (SIGINT/SIGTERM): run the same command again to resume
+"""
+
+
 def _help(opt: Option) -> str:
+    if (env := _ENV_DEFAULTS.get(opt.field)) is not None:
+        return f"{opt.help} (default ${env}, else {opt.default})"
     if opt.kind is bool or opt.default in (None, {}, ""):
         return opt.help
     return f"{opt.help} (default {opt.default})"
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("audience-engine")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="audience-engine", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("upload", help="upload a people list to a Custom Audience")
+    up = sub.add_parser(
+        "upload",
+        help="upload a people list to a Custom Audience",
+        epilog=_UPLOAD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _job_arguments(up, "input")
+    # Each has its own options (`worker --help`, `fake-graph --help`): main() hands them over.
+    worker = sub.add_parser(
+        "worker", help="run the job service pipelines hand uploads to over HTTP", add_help=False
+    )
+    worker.add_argument("args", nargs=argparse.REMAINDER)
+    fake = sub.add_parser("fake-graph", help="run the built-in fake Graph API", add_help=False)
+    fake.add_argument("args", nargs=argparse.REMAINDER)
+    status = sub.add_parser(
+        "status",
+        help="show a job's progress from its checkpoint",
+        description="Show a job's progress from its checkpoint, without calling the API: "
+        "--checkpoint PATH, or the upload's own arguments (INPUT --audience --ad-account "
+        "[--mode]) to find its default checkpoint.",
+    )
+    _job_arguments(status, "?")
+    status.add_argument(
+        "--list", action="store_true", help="list the checkpoints in the default folder"
+    )
+    demo = sub.add_parser("demo", help="upload a generated file to the built-in fake Graph API")
+    demo.add_argument("--rows", type=int, default=50_000)
+    add_commands(sub, _argument, _help)
+    return parser
+
+
+def _job_arguments(up: argparse.ArgumentParser, input_nargs: str) -> None:
+    """An upload's arguments (status takes them too, to find the upload's checkpoint)."""
     # Every default is None so a --config file can fill what the command line leaves out.
     up.add_argument(
-        "input", help="file to read (csv, jsonl, parquet, optionally .gz) or - for stdin"
+        "input",
+        nargs=None if input_nargs == "input" else input_nargs,
+        help="file to read (csv, jsonl, parquet, optionally .gz) or - for stdin",
     )
     up.add_argument("--config", help="TOML file with options; command-line values win")
     for opt in job_options():
@@ -90,22 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=f"seconds in-flight requests get after a signal (default {DEFAULT_GRACE_S:g})",
     )
-    up.add_argument("--rate", type=float, help="requests/s per ad account at full speed")
+    limits = LimiterConfig()
     up.add_argument(
-        "--burst", type=int, help="requests an ad account may send at once after a lull"
+        "--rate",
+        type=float,
+        help=f"requests/s per ad account at full speed (default {limits.rate:g})",
     )
-    up.add_argument("--max-throttle-wait", type=float, help="longest pause on a throttle (s)")
+    up.add_argument(
+        "--burst",
+        type=int,
+        help=f"requests an ad account may send at once after a lull (default {limits.burst})",
+    )
+    up.add_argument(
+        "--max-throttle-wait",
+        type=float,
+        help=f"longest pause on a throttle, seconds (default {limits.max_throttle_wait_s:g})",
+    )
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     up.add_argument("-v", "--verbose", action="store_true", help="log retries and throttles")
-
-    fake = sub.add_parser("fake-graph", help="run the built-in fake Graph API", add_help=False)
-    fake.add_argument("args", nargs=argparse.REMAINDER)
-    status = sub.add_parser("status", help="show a job's progress from its checkpoint")
-    status.add_argument("--checkpoint", required=True, help="the job's progress file")
-    demo = sub.add_parser("demo", help="upload a generated file to the built-in fake Graph API")
-    demo.add_argument("--rows", type=int, default=50_000)
-    add_commands(sub, _argument, _help)
-    return parser
 
 
 # Options of the process, beside the job's (`job_options()`): their config-file names.
@@ -138,9 +202,7 @@ def _read_config(path: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for key, value in data.items():
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise InputError(f"config {path}: unknown option {key!r}{hint}")
+            raise InputError(f"config {path}: unknown option {key!r}{did_you_mean(key, known)}")
         options[known[key]] = value
     return options
 
@@ -171,12 +233,52 @@ def _upload_options(options: dict[str, Any]) -> dict[str, Any]:
     if options.get("no_checkpoint") or options.get("dry_run") or options.get("mode") == "mirror":
         kwargs.pop("checkpoint", None)
     elif not options.get("checkpoint"):
-        source = options["input"]
-        where = source if source == "-" else os.path.abspath(source)
-        audience, account = options["audience_id"], options["ad_account"]
-        job = f"{where}|{audience}|{account}|{options.get('mode', 'add')}"
-        kwargs["checkpoint"] = str(default_path(job))
+        kwargs["checkpoint"] = _default_checkpoint(options)
     return kwargs
+
+
+def _default_checkpoint(options: dict[str, Any]) -> str:
+    """Where a job keeps its progress unless told: named by its input, audience, account, mode."""
+    source = options["input"]
+    where = source if source == "-" else os.path.abspath(source)
+    audience, account = options["audience_id"], options["ad_account"]
+    job = f"{where}|{audience}|{account}|{options.get('mode', 'add')}"
+    return str(default_path(job))
+
+
+def _status_command(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list_checkpoints()
+    options = _options(args)
+    if options.get("checkpoint"):
+        return _status(options["checkpoint"])
+    if not (options.get("input") and options.get("audience_id") and options.get("ad_account")):
+        raise InputError(
+            "status needs --checkpoint PATH, --list, or the upload's INPUT --audience "
+            "--ad-account (and --mode) to find its checkpoint"
+        )
+    return _status(_default_checkpoint(options))
+
+
+def _list_checkpoints() -> int:
+    """The default checkpoints, newest first: each one's path, job, state and last update."""
+    folder = default_path("").parent
+    paths = sorted(folder.glob("*.sqlite"), key=lambda p: p.stat().st_mtime, reverse=True)
+    listed = []
+    for path in paths if folder.is_dir() else []:
+        checkpoint = Checkpoint(str(path))
+        try:
+            record = checkpoint.load()
+        finally:
+            checkpoint.close()
+        if record is not None:
+            job = orjson.loads(record.identity)
+            state, updated = record.state, record.updated_at
+            listed.append(
+                {"checkpoint": str(path), "job": job, "state": state, "updated_at": updated}
+            )
+    sys.stdout.write(orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK
 
 
 def _limits(options: dict[str, Any]) -> LimiterConfig:
@@ -220,9 +322,12 @@ async def _upload(options: dict[str, Any]) -> int:
     kwargs = _upload_options(options)
     if "checkpoint" in kwargs:
         kwargs["unrecorded_batches"] = _unrecorded(options.get("report"))
+    if not options.get("dry_run") and not os.environ.get("META_ACCESS_TOKEN"):
+        raise InputError("no access token: set META_ACCESS_TOKEN")
+    env = {field: os.environ.get(name) for field, name in _ENV_DEFAULTS.items()}
     uploader = Uploader(
-        api_base=options.get("api_base") or DEFAULT_API_BASE,
-        api_version=options.get("api_version") or DEFAULT_API_VERSION,
+        api_base=options.get("api_base") or env["api_base"] or DEFAULT_API_BASE,
+        api_version=options.get("api_version") or env["api_version"] or DEFAULT_API_VERSION,
         limits=_limits(options),
     )
     stop = asyncio.Event()
@@ -376,7 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "status":
-        return _status(args.checkpoint)
+        try:
+            return _status_command(args)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "demo":
         from .testing.demo import demo
 

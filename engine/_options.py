@@ -152,7 +152,7 @@ class UploadJob:
     )
     default_country_code: str | None = option(
         None,
-        "calling code for phone numbers written without one, e.g. 1",
+        "calling code for phone numbers written without one, e.g. 1 (a row's COUNTRY wins)",
         kind=str,
         worker=True,
     )

@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from ._errors import ErrorInfo
-from ._rows import Reject
+from ._rows import Blanked, Reject
 
 Status = Literal["completed", "failed", "interrupted", "dry_run"]
 
@@ -57,6 +57,8 @@ class Report:
     added: int | None = None
     removed: int | None = None
     unchanged: int | None = None
+    # {key: {reason: count}}: invalid cells of rows that were sent, which went as "".
+    blanked_by_key_and_reason: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in (
@@ -66,6 +68,7 @@ class Report:
             "sessions",
             "unrecorded_batches",
             "inspection",
+            "blanked_by_key_and_reason",
         ):
             # The fields are frozen; this is how a frozen dataclass sets its own in __init__.
             object.__setattr__(self, name, _read_only(getattr(self, name)))
@@ -127,6 +130,7 @@ class Tally:
     rows_read: int = 0
     rows_rejected: int = 0
     rejected_by_reason: Counter[str] = field(default_factory=Counter)
+    blanked: Counter[tuple[str, str]] = field(default_factory=Counter)
     rows_sent: int = 0
     batches_total: int = 0
     batches_sent: int = 0
@@ -153,10 +157,14 @@ class Tally:
         if self.listener is not None:
             self.listener(self.progress())
 
-    def chunk(self, rows_read: int, rejects: list[Reject], new_batches: int) -> None:
+    def chunk(
+        self, rows_read: int, rejects: list[Reject], new_batches: int, blanked: Blanked = ()
+    ) -> None:
         self.rows_read += rows_read
         self.rows_rejected += len(rejects)
         self.rejected_by_reason.update(r.reason for r in rejects)
+        for key, reason, n in blanked:
+            self.blanked[key, reason] += n
         self.batches_total += new_batches
         self._changed()
 
@@ -225,4 +233,12 @@ class Tally:
             resumed=resumed,
             unrecorded_batches=tuple(unrecorded_batches or ()),
             inspection=inspection,
+            blanked_by_key_and_reason=_by_key(self.blanked),
         )
+
+
+def _by_key(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    nested: dict[str, dict[str, int]] = {}
+    for (key, reason), n in sorted(counts.items()):
+        nested.setdefault(key, {})[reason] = n
+    return nested

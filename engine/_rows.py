@@ -6,6 +6,9 @@ from array import array
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+Blanked = tuple[tuple[str, str, int], ...]
+"""Invalid cells sent as "" in rows that went anyway: (key, reason, how many)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Reject:
@@ -38,7 +41,8 @@ class RawChunk:
 class HashedChunk:
     """Rows ready to send: `data[i]` is the payload row (normalized, hashed) for `row_numbers[i]`.
 
-    Payload rows hold one entry per schema key; an unknown or invalid cell is "".
+    Payload rows hold one entry per schema key; an unknown or invalid cell is "" (the
+    invalid ones are counted in `blanked`).
     LOOKALIKE_VALUE entries are numbers, every other entry a string.
     """
 
@@ -46,6 +50,7 @@ class HashedChunk:
     data: list[list[str | float | int]]
     rejects: list[Reject]
     rows_read: int
+    blanked: Blanked = ()
 
 
 class EncodedChunk(NamedTuple):
@@ -61,3 +66,4 @@ class EncodedChunk(NamedTuple):
     stops: array[int]
     rejects: list[Reject]
     rows_read: int
+    blanked: Blanked = ()

@@ -18,6 +18,7 @@ TOKEN = "EAAB-test-token-DO-NOT-LEAK-7f3a"
 APP_SECRET = "app-secret-DO-NOT-LEAK-91c2"
 AUDIENCE = "23850000000000001"
 AD_ACCOUNT = "act_1000000001"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -53,12 +54,17 @@ async def run_cli(*args: str, env: dict[str, str] | None = None, stdin: bytes | 
 
 
 async def run_python(
-    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+    cwd: Path = REPO,
 ) -> Run:
-    """Run `python ARGS` from the repo, with the test token and app secret (and `env`) set,
-    without blocking the loop the fake serves on."""
+    """Run `python ARGS` (from the repo unless `cwd`), with the test token and app secret (and
+    `env`) set, without blocking the loop the fake serves on."""
     full_env = {
         **os.environ,
+        # This checkout's engine, wherever the script lives (an installed one may be another).
+        "PYTHONPATH": str(REPO),
         "META_ACCESS_TOKEN": TOKEN,
         "META_APP_SECRET": APP_SECRET,
         **(env or {}),
@@ -70,7 +76,7 @@ async def run_python(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=full_env,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=cwd,
     )
     out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=120)
     assert proc.returncode is not None

@@ -16,6 +16,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+import phonenumbers
 import pycountry
 
 HASHED_KEYS = (
@@ -34,6 +35,7 @@ HASHED_KEYS = (
     "COUNTRY",
 )
 PLAIN_KEYS = ("MADID", "EXTERN_ID")
+IDENTIFYING_KEYS = ("EMAIL", "PHONE", "MADID", "EXTERN_ID", "FN", "LN", "FI")
 VALUE_KEY = "LOOKALIKE_VALUE"
 SINGLE_KEY = {"EMAIL_SHA256": "EMAIL", "PHONE_SHA256": "PHONE", "MOBILE_ADVERTISER_ID": "MADID"}
 
@@ -95,6 +97,9 @@ def _email(s: str) -> str | None:
 
 
 def _phone(s: str, default_country_code: str | None) -> str | None:
+    if any(c.isascii() and c not in "0123456789 +-()./" for c in s):
+        return _phone_by_library(s, default_country_code)
+    s = s.replace("(0)", "")
     digits = "".join(c for c in s if c in "0123456789")
     international = s.startswith("+") or digits.startswith("00")
     digits = digits.lstrip("0")
@@ -102,6 +107,26 @@ def _phone(s: str, default_country_code: str | None) -> str | None:
     if cc and not international and not (len(digits) > 10 and digits.startswith(cc)):
         digits = cc + digits
     return digits if 7 <= len(digits) <= 15 else None
+
+
+def _phone_by_library(s: str, calling_code: str | None) -> str | None:
+    region = phonenumbers.region_code_for_country_code(int(calling_code or "0"))
+    if s.startswith("00"):
+        s = "+" + s[2:]
+    try:
+        number = phonenumbers.parse(s, region)
+    except phonenumbers.NumberParseException:
+        return None
+    digits = str(number.country_code) + phonenumbers.national_significant_number(number)
+    return digits if 7 <= len(digits) <= 15 else None
+
+
+def _calling_code(country: str) -> str | None:
+    """The calling code of a COUNTRY cell's country, if it names one."""
+    code = normalize("COUNTRY", country)
+    if not isinstance(code, str) or len(code) != 2:  # empty, invalid or a digest
+        return None
+    return str(phonenumbers.country_code_for_region(code.upper())) or None
 
 
 def _year(s: str) -> str | None:
@@ -212,19 +237,48 @@ def judge_row(
         payload_cell(k, c, prehashed=prehashed, default_country_code=default_country_code)
         for k, c in zip(keys, cells, strict=True)
     ]
+    if "PHONE" in keys and "COUNTRY" in keys:
+        # The row's country gives the calling code of a number written without one.
+        row_code = _calling_code(cells[list(keys).index("COUNTRY")]) or default_country_code
+        at = list(keys).index("PHONE")
+        out[at] = payload_cell(
+            "PHONE", cells[at], prehashed=prehashed, default_country_code=row_code
+        )
     identifiers = [(k, v) for k, v in zip(keys, out, strict=True) if k != VALUE_KEY]
-    if not any(v not in ("", None) for _, v in identifiers):
-        for k, v in identifiers:
+    identifying = [(k, v) for k, v in identifiers if k in IDENTIFYING_KEYS]
+    if not any(v not in ("", None) for _, v in identifying):
+        for k, v in identifying:
             if v is None:
-                return None, (k, "invalid_hash" if prehashed and k in HASHED_KEYS else _reason(k))
-        return None, ("", "empty_row")
+                return None, (k, _reason(k, prehashed))
+        if all(v == "" for _, v in identifiers):
+            return None, ("", "empty_row")
+        return None, ("", "no_identifying_key")
     if VALUE_KEY in keys and out[list(keys).index(VALUE_KEY)] in ("", None):
         return None, (VALUE_KEY, "invalid_lookalike_value")
     return ["" if v is None else v for v in out], None
 
 
-def _reason(key: str) -> str:
-    return f"invalid_{key.lower()}"
+def blanked(
+    keys: Sequence[str],
+    cells: Sequence[str],
+    *,
+    prehashed: bool = False,
+    default_country_code: str | None = None,
+) -> list[tuple[str, str]]:
+    """(key, reason) of each invalid cell sent as "" in this row; none when it is rejected."""
+    row, _ = judge_row(keys, cells, prehashed=prehashed, default_country_code=default_country_code)
+    if row is None:
+        return []
+    return [
+        (k, _reason(k, prehashed))
+        for k, c in zip(keys, cells, strict=True)
+        if payload_cell(k, c, prehashed=prehashed, default_country_code=default_country_code)
+        is None
+    ]
+
+
+def _reason(key: str, prehashed: bool) -> str:
+    return "invalid_hash" if prehashed and key in HASHED_KEYS else f"invalid_{key.lower()}"
 
 
 def expected_row(

@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import signal
+import sqlite3
 import sys
 import textwrap
 import typing
@@ -29,6 +30,7 @@ import engine
 from engine._errors import InputError
 from engine._input.files import open_input
 from engine._input.memory import Rows
+from engine._pipeline.run import POOL_MIN_BYTES
 from engine.testing.fakegraph import FakeGraph
 from engine.testing.sample import EIGHT_KEYS, write_sample
 
@@ -38,7 +40,18 @@ from .conftest import AD_ACCOUNT, APP_SECRET, AUDIENCE, TOKEN, run_python
 
 N_ROWS = 3_000
 SCHEMA = "EMAIL,PHONE,FN,LN,ZIP,CT,ST,COUNTRY"  # EIGHT_KEYS, in their order
-KINDS = ["path", "dicts", "tuples", "rows", "async", "pandas", "polars", "arrow", "reader"]
+KINDS = [
+    "path",
+    "dicts",
+    "tuples",
+    "rows",
+    "cursor",
+    "async",
+    "pandas",
+    "polars",
+    "arrow",
+    "reader",
+]
 
 
 def options(fake: FakeGraph, **more: Any) -> dict[str, Any]:
@@ -93,6 +106,12 @@ def source_of(kind: str, rows: list[tuple[str, ...]], tmp_path: Path) -> tuple[A
         return path, {}
     if kind == "tuples":
         return rows, {"schema": SCHEMA}
+    if kind == "cursor":  # sqlite3's own: usable only on the thread that connected
+        db = sqlite3.connect(tmp_path / "people.db")
+        db.execute(f"CREATE TABLE people ({', '.join(columns)})")
+        db.executemany(f"INSERT INTO people VALUES ({', '.join('?' * len(columns))})", rows)
+        cursor = db.execute("SELECT * FROM people ORDER BY rowid")
+        return Rows(cursor, columns=[d[0] for d in cursor.description]), {}
     table = pa.Table.from_pylist(dicts)
     sources = {
         "dicts": dicts,
@@ -227,6 +246,37 @@ async def test_upload_sync_from_a_plain_script(fake: FakeGraph, people: Path) ->
     assert status == "completed"
     assert int(sent) == len(expected_rows(people))
     assert fake.members(AUDIENCE) == expected_rows(people)
+
+
+async def test_the_readme_snippet_runs_as_a_plain_script_on_a_big_file(
+    fake: FakeGraph, tmp_path: Path
+) -> None:
+    """No `if __name__ == "__main__":` guard, and input big enough for the hashing processes:
+    they must not run the caller's script again."""
+    people = write_sample(tmp_path / "people.csv", 95_000)
+    assert people.stat().st_size >= POOL_MIN_BYTES
+    script = tmp_path / "upload_people.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import engine
+
+            # A script: blocks until done.
+            report = engine.upload_sync(
+                "people.csv", audience="{AUDIENCE}", ad_account="{AD_ACCOUNT}",
+                api_base="{fake.base_url}"
+            )
+            print(report.status, report.rows_read, report.rows_sent)
+            """
+        )
+    )
+    run = await run_python(str(script), cwd=tmp_path)
+    assert run.code == 0, run.stderr
+    acked = sum(e.rows for e in fake.log if e.outcome == "ok")
+    # One upload, from the script itself: a worker running it again would upload (or fail) too.
+    assert run.stdout.splitlines() == [f"completed 95000 {acked}"]
+    assert acked > 90_000
+    assert "Traceback" not in run.stderr
 
 
 def logging_setup() -> dict[str, tuple[object, ...]]:

@@ -152,6 +152,31 @@ async def test_messy_file_counts_every_row_and_never_writes_values(
     assert "example.com" not in text and "not-an-email" not in text
 
 
+async def test_blanked_cells_and_rows_that_identify_nobody_are_counted(
+    fake: FakeGraph, tmp_path: Path
+) -> None:
+    path = tmp_path / "people.csv"
+    path.write_text(
+        "email,phone,zip,country\n"
+        "ok1@example.com,12,12345,US\n"  # sent, PHONE blanked
+        ",,94107,United States\n"  # a place only: nobody
+        "ok2@example.com,+1 555 010 9999,,Narnia\n"  # sent, COUNTRY blanked
+        ",,,Narnia\n"  # nobody, and an invalid country
+        "bad,,,US\n"  # the e-mail is why
+    )
+    run = await run_cli(*upload_args(path, fake.base_url))
+    assert run.code == 0, run.stderr
+    report = run.report
+    check_counts(report)
+    assert report["rejected_by_reason"] == {"invalid_email": 1, "no_identifying_key": 2}
+    assert report["blanked_by_key_and_reason"] == {
+        "COUNTRY": {"invalid_country": 1},
+        "PHONE": {"invalid_phone": 1},
+    }
+    assert fake.members(AUDIENCE) == expected_rows(path)
+    assert len(expected_rows(path)) == 2
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import pickle
 import unicodedata
+from typing import Any
 
 import orjson
 import pytest
@@ -19,10 +20,12 @@ from engine._hashing.encode import encode_chunk, normalize_chunk
 from engine._hashing.fast_email import encode_email_lines
 from engine._hashing.pool import hash_unit
 from engine._hashing.rules import normalize_value
-from engine._hashing.schema import KEYS, PLAIN_KEYS, NormalizeOptions, Schema
+from engine._hashing.schema import IDENTIFYING_KEYS, KEYS, PLAIN_KEYS, NormalizeOptions, Schema
 from engine._input.blocks import CsvBlock
 from engine._pipeline.sender import encode_payload
 from engine._rows import EncodedChunk, RawChunk, Reject
+
+from . import refnorm
 
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 DIGEST = hashlib.sha256(b"mary@example.com").hexdigest()
@@ -86,7 +89,13 @@ def test_meta_vectors_through_normalization() -> None:
         # PHONE: digits only, leading zeros removed, 7..15 digits
         ("PHONE", "+1 (555) 010-9999", "15550109999"),
         ("PHONE", "0044 7700 900123", "447700900123"),
-        ("PHONE", "+44 (0) 7700 900123", "4407700900123"),
+        ("PHONE", "+44 (0) 7700 900123", "447700900123"),  # (0): the national trunk prefix
+        ("PHONE", "+49 (0)30 123456", "4930123456"),
+        ("PHONE", "+1 555 010 9999 ext 12", "15550109999"),  # the extension is no digit of it
+        ("PHONE", "+1 (555) 010-9999 x12", "15550109999"),
+        ("PHONE", "+1 555 010 9999 #12", "15550109999"),
+        ("PHONE", "tel: +44 7700 900123", "447700900123"),
+        ("PHONE", "555 010 9999 ext 12", None),  # no country code to read it by
         ("PHONE", "1-555-987-6543", "15559876543"),
         ("PHONE", "  ", ""),
         ("PHONE", "123456", None),
@@ -220,6 +229,9 @@ def test_normalize_value(key: str, raw: str, expected: str | None) -> None:
         ("5550109999", None, "5550109999"),
         ("123 4567", "1", "11234567"),  # starts with the code but too short to carry it
         ("0441 234 5678", "44", "444412345678"),
+        ("(555) 010-9999 ext. 12", "1", "15550109999"),
+        ("030 123456 x 7", "49", "4930123456"),
+        ("0049 30 123456 ext 7", "1", "4930123456"),
     ],
 )
 def test_phone_default_country_code(raw: str, cc: str | None, expected: str) -> None:
@@ -228,6 +240,28 @@ def test_phone_default_country_code(raw: str, cc: str | None, expected: str) -> 
         RawChunk([1], [(raw,)]), Schema.parse("PHONE"), NormalizeOptions(default_country_code=cc)
     )
     assert chunk.data == [[sha(expected)]]
+
+
+@pytest.mark.parametrize("encode", [normalize_chunk, encode_chunk])
+def test_a_country_column_gives_each_rows_phone_its_calling_code(encode: Any) -> None:
+    rows = [
+        ("030 123456", "Germany"),  # national: Germany's code, not the default
+        ("(555) 010-9999", "US"),
+        ("+44 7700 900123", "DE"),  # international: its own code
+        ("07700 900123 ext 4", "gb"),  # read by phonenumbers, in the row's region
+        ("5550109999", ""),  # no country: the default
+        ("5550109999", "Narnia"),  # no such country: the default
+    ]
+    schema = Schema.parse("PHONE,COUNTRY")
+    out = normalize_chunk(RawChunk([1, 2, 3, 4, 5, 6], rows), schema, NormalizeOptions(False, "1"))
+    phones = ["4930123456", "15550109999", "447700900123", "447700900123"]
+    phones += ["15550109999", "15550109999"]
+    assert [row[0] for row in out.data] == [sha(p) for p in phones]
+    expected = [refnorm.expected_row(schema.keys, row, default_country_code="1") for row in rows]
+    assert out.data == expected
+    assert out.blanked == (("COUNTRY", "invalid_country", 1),)
+    encoded = encode(RawChunk([1, 2, 3, 4, 5, 6], rows), schema, NormalizeOptions(False, "1"))
+    assert encoded.rejects == []
 
 
 @pytest.mark.parametrize("cc", ["", "abc", "12345", "1-2"])
@@ -255,8 +289,11 @@ def test_combining_vowel_signs_are_kept() -> None:
 @pytest.mark.parametrize("key", sorted(set(KEYS) - PLAIN_KEYS))
 def test_already_hashed_value_passes_through_lowercased(key: str) -> None:
     assert normalize_value(key, " " + DIGEST.upper() + " ") == DIGEST
-    out = normalize_chunk(RawChunk([1], [(DIGEST.upper(),)]), Schema((key,)), NormalizeOptions())
-    assert out.data == [[DIGEST]]
+    # A key that identifies nobody goes beside one that does (a row of it alone is rejected).
+    keys = (key,) if key in IDENTIFYING_KEYS else ("EMAIL", key)
+    cells = (DIGEST.upper(),) * len(keys)
+    out = normalize_chunk(RawChunk([1], [cells]), Schema(keys), NormalizeOptions())
+    assert out.data == [[DIGEST] * len(keys)]
 
 
 def test_hashed_madid_is_rejected() -> None:
@@ -312,6 +349,33 @@ def test_invalid_and_empty_cells_are_sent_as_empty_string_not_hash_of_empty() ->
     ]
     assert all(EMPTY_SHA not in row for row in out.data)
     assert out.rejects == []
+    assert out.blanked == (("PHONE", "invalid_phone", 1),)
+
+
+def test_blanked_cells_are_counted_by_key_and_reason_in_rows_sent_only() -> None:
+    schema = Schema.parse("EMAIL,PHONE,DOBY,ZIP")
+    rows = [
+        ("a@b.com", "12", "1850", "!!"),  # sent: three cells blanked
+        ("c@d.com", "34", "", "94107"),  # sent: PHONE blanked
+        ("bad", "56", "1850", "!!"),  # rejected: its cells count there, not here
+    ]
+    for encode in (normalize_chunk, encode_chunk):
+        out = encode(RawChunk([1, 2, 3], rows), schema, NormalizeOptions())
+        assert out.rejects == [Reject(3, "EMAIL", "invalid_email")]
+        assert out.blanked == (
+            ("PHONE", "invalid_phone", 2),
+            ("DOBY", "invalid_doby", 1),
+            ("ZIP", "invalid_zip", 1),
+        )
+        assert [refnorm.blanked(schema.keys, row) for row in rows] == [
+            [("PHONE", "invalid_phone"), ("DOBY", "invalid_doby"), ("ZIP", "invalid_zip")],
+            [("PHONE", "invalid_phone")],
+            [],
+        ]
+    prehashed = normalize_chunk(
+        RawChunk([1], [(DIGEST, "not a digest", "", "")]), schema, NormalizeOptions(True)
+    )
+    assert prehashed.blanked == (("PHONE", "invalid_hash", 1),)
 
 
 @pytest.mark.parametrize(
@@ -321,7 +385,16 @@ def test_invalid_and_empty_cells_are_sent_as_empty_string_not_hash_of_empty() ->
         ("EMAIL,PHONE", ("garbage", "12"), Reject(5, "EMAIL", "invalid_email")),
         ("EMAIL,PHONE", ("", "12"), Reject(5, "PHONE", "invalid_phone")),
         ("FN,LN,COUNTRY", ("123", "", "Atlantis"), Reject(5, "FN", "invalid_fn")),
-        ("GEN,DOBY", ("robot", "1850"), Reject(5, "GEN", "invalid_gen")),
+        ("GEN,DOBY", ("robot", "1850"), Reject(5, "", "no_identifying_key")),
+        ("EMAIL,COUNTRY", ("", "US"), Reject(5, "", "no_identifying_key")),
+        ("EMAIL,COUNTRY", ("", "Narnia"), Reject(5, "", "no_identifying_key")),
+        ("EMAIL,COUNTRY", ("bad", "US"), Reject(5, "EMAIL", "invalid_email")),
+        (
+            "EMAIL,GEN,DOBY,DOBM,DOBD,CT,ST,ZIP,COUNTRY",
+            ("", "m", "1980", "3", "7", "Paris", "CA", "12345", "fr"),
+            Reject(5, "", "no_identifying_key"),
+        ),
+        ("EMAIL,PHONE,ZIP", ("", "12", "12345"), Reject(5, "PHONE", "invalid_phone")),
         ("EMAIL", ("nope",), Reject(5, "EMAIL", "invalid_email")),
         ("EMAIL", ("",), Reject(5, "", "empty_row")),
         (
@@ -340,6 +413,7 @@ def test_invalid_and_empty_cells_are_sent_as_empty_string_not_hash_of_empty() ->
 )
 def test_row_rejects(schema: str, row: tuple[str, ...], reject: Reject) -> None:
     out = normalize_chunk(RawChunk([5], [row]), Schema.parse(schema), NormalizeOptions())
+    assert refnorm.judge_row(Schema.parse(schema).keys, row) == (None, (reject.key, reject.reason))
     assert out.data == []
     assert out.row_numbers == []
     assert out.rejects == [reject]

@@ -12,6 +12,7 @@ from engine import _cli
 from engine._api import Uploader
 from engine._errors import ConfigError
 from engine._options import UploadJob, job_options
+from engine._worker.settings import load_config, load_secrets
 
 # Keywords of a call that are not options of the job: the secrets, and what runs it.
 RUNTIME = {"access_token", "app_secret", "progress", "stop", "cancel", "unrecorded_batches"}
@@ -74,6 +75,27 @@ def test_a_config_file_with_an_unknown_key_is_refused_naming_the_closest(tmp_pat
         _cli.InputError, match="unknown option 'concurency'; did you mean 'concurrency'"
     ):
         _cli._read_config(str(config))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max-jbos = 2\n", "unknown setting 'max-jbos' .*; did you mean 'max-jobs'"),
+        ("[limits]\nbrust = 3\n", "unknown \\[limits\\] setting 'brust'; did you mean 'burst'"),
+    ],
+)
+def test_the_workers_config_refuses_an_unknown_key_naming_the_closest(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    config = tmp_path / "worker.toml"
+    config.write_text(f'state-dir = "state"\n{text}')
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('acess_token = "x"\n')
+    secrets.chmod(0o600)
+    with pytest.raises(ConfigError, match="'acess_token'; did you mean 'access_token'"):
+        load_secrets(secrets, {})
 
 
 def test_a_config_file_sets_options_by_their_long_names(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import sqlite3
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -431,6 +432,38 @@ async def test_async_rejects_from_upstream() -> None:
     assert rejects_of(chunks) == [Reject(1, "EMAIL", "invalid_email")]
 
 
-def test_a_reject_first_needs_named_columns() -> None:
-    with pytest.raises(TypeError, match=r"Rows\(rows, columns="):
-        open_source([Reject(1, "", "empty_row"), ("a@example.com",)])
+def test_rows_after_leading_rejects_say_what_the_rows_are() -> None:
+    first = Reject(1, "EMAIL", "invalid_email")
+    _, chunks = read(open_source([first, first, PEOPLE[0]]), chunk_rows=5)
+    assert rows_of(chunks) == [(3, TEXTS[0])]
+    assert rejects_of(chunks) == [first, Reject(2, "EMAIL", "invalid_email")]
+    _, chunks = read(open_source([first, ("a@example.com",)]), schema=["EMAIL"])
+    assert rows_of(chunks) == [(2, ("a@example.com",))]
+    with pytest.raises(InputError, match="need schema="):  # nothing tells the columns
+        read(open_source([first]))
+    _, chunks = read(open_source([first]), schema=["EMAIL"])
+    assert rejects_of(chunks) == [first]
+
+
+async def test_async_rows_after_leading_rejects() -> None:
+    async def rows() -> AsyncIterator[Any]:
+        yield Reject(1, "EMAIL", "invalid_email")
+        yield PEOPLE[0]
+
+    source = await aopen_source(rows())
+    assert source.bind(None, {}) == KEYS
+    chunks = [c async for c in source.achunks(10)]
+    assert rows_of(chunks) == [(2, TEXTS[0])]
+
+
+async def test_a_cursor_is_read_on_the_callers_thread(tmp_path: Any) -> None:
+    """sqlite3 refuses a cursor used from a thread other than its connection's."""
+    db = sqlite3.connect(tmp_path / "people.db")
+    db.execute("CREATE TABLE people (email, phone, first_name)")
+    db.executemany("INSERT INTO people VALUES (?, ?, ?)", TEXTS)
+    cursor = db.execute("SELECT * FROM people")
+    source = open_source(Rows(cursor, columns=[d[0] for d in cursor.description]))
+    assert source.bind(None, {}) == KEYS
+    chunks = [c async for c in source.achunks(2)]
+    assert [c.rows_read for c in chunks] == [2, 2, 1]
+    assert rows_of(chunks) == list(enumerate(TEXTS, 1))

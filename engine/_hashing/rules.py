@@ -77,16 +77,31 @@ def is_email(s: str) -> bool:
     )
 
 
-def phone_digits(default_cc: str | None) -> Callable[[str], bytes | None]:
-    """PHONE as the ASCII digits to hash, b"" for an empty cell, None for an invalid one."""
-    cc = (default_cc or "").encode()
+# What a phone number is written with. A cell with any other ASCII character (an extension
+# "ext 12" or "x12", "tel:") is read by phonenumbers, which knows those forms.
+_PHONE_BYTES = b"0123456789 +-()./"
 
-    def phone(raw: str) -> bytes | None:
+
+PhoneDigits = Callable[[str, bytes | None], bytes | None]
+
+
+def phone_digits(default_cc: str | None) -> PhoneDigits:
+    """PHONE as the ASCII digits to hash, b"" for an empty cell, None for an invalid one;
+    the second argument is the row's calling code (from its COUNTRY), over `default_cc`."""
+    default = (default_cc or "").encode()
+
+    def phone(raw: str, row_cc: bytes | None = None) -> bytes | None:
         s = raw.strip()
         if not s:
             return b""
+        cc = row_cc or default
         # Non-ASCII characters (even other scripts' digits) are dropped, as [^0-9] would.
-        digits = s.encode("ascii", "ignore").translate(None, NON_DIGIT_BYTES)
+        text = s.encode("ascii", "ignore")
+        if text.translate(None, _PHONE_BYTES):
+            return _odd_phone(s, cc)
+        if b"(0)" in text:  # "+49 (0)30...": the national trunk prefix, not a digit to dial
+            text = text.replace(b"(0)", b"")
+        digits = text.translate(None, NON_DIGIT_BYTES)
         # "+44..." and "0044..." carry their country code; other leading zeros are a trunk prefix.
         international = s[0] == "+" or digits.startswith(b"00")
         digits = digits.lstrip(b"0")
@@ -97,11 +112,37 @@ def phone_digits(default_cc: str | None) -> Callable[[str], bytes | None]:
     return phone
 
 
+def _odd_phone(text: str, cc: bytes) -> bytes | None:
+    """A phone cell the fast rule is unsure of, read by phonenumbers in the region of the
+    calling code `cc`: the code and the national number, without the extension."""
+    import phonenumbers  # here: it takes a while to load, and few cells need it
+
+    region = phonenumbers.region_code_for_country_code(int(cc)) if cc else "ZZ"
+    if text.startswith("00"):  # international wherever it was written, as in the fast rule
+        text = "+" + text[2:]
+    try:
+        number = phonenumbers.parse(text, region)
+    except (phonenumbers.NumberParseException, ValueError):
+        return None
+    digits = f"{number.country_code}{phonenumbers.national_significant_number(number)}"
+    return digits.encode() if 7 <= len(digits) <= 15 else None
+
+
+def calling_code(country: str) -> bytes | None:
+    """The calling code of a COUNTRY cell's country ("Germany" -> b"49"), None for none."""
+    code = _country(country)
+    if not code:
+        return None
+    import phonenumbers  # here: only jobs with PHONE and COUNTRY columns need it
+
+    return str(phonenumbers.country_code_for_region(code.upper()) or "").encode() or None
+
+
 def _phone(default_cc: str | None) -> Normalizer:
     digits_of = phone_digits(default_cc)
 
     def phone(raw: str) -> str | None:
-        digits = digits_of(raw)
+        digits = digits_of(raw, None)
         return digits if digits is None else digits.decode()
 
     return phone

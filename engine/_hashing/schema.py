@@ -33,6 +33,13 @@ KEYS: tuple[str, ...] = (
 PLAIN_KEYS: frozenset[str] = frozenset({"EXTERN_ID", "MADID", "LOOKALIKE_VALUE"})
 
 
+# Keys that can pick a person out; the others (gender, birth date, places) only narrow a
+# match down, so a row needs one of these to be worth sending.
+IDENTIFYING_KEYS: frozenset[str] = frozenset(
+    {"EMAIL", "PHONE", "MADID", "EXTERN_ID", "FN", "LN", "FI"}
+)
+
+
 SINGLE_KEY_SCHEMAS: dict[str, str] = {
     "EMAIL_SHA256": "EMAIL",
     "PHONE_SHA256": "PHONE",

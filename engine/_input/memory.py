@@ -17,6 +17,7 @@ value), numbers their digits (94107.0, a zip in a column pandas turned into floa
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import math
@@ -41,6 +42,8 @@ from .opening import MAX_FIELD
 from .source import InputFile
 
 __all__ = ["Rows", "Source", "aopen_source", "open_source"]
+
+_FETCH_ROWS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +70,11 @@ pyarrow Table, RecordBatch or RecordBatchReader. Any, as DataFrame types are not
 def open_source(source: Source, fmt: str | None = None) -> InputFile:
     """Open any supported source but an async iterable (see `aopen_source`) as an InputFile.
 
-    A plain iterable's first item is read here, to learn its columns; the rest is read
-    later, in a worker thread, so an iterable bound to one thread (a sqlite3 cursor with
-    check_same_thread) cannot be used directly: fetch its rows first.
+    A plain iterable's first row (past any leading Rejects) is read here, to learn its
+    columns; the rest is read later, in a worker thread. A DB-API cursor (an object with
+    `fetchmany`) is read on the event loop's thread instead, the caller's: drivers such as
+    sqlite3 refuse a cursor used from another thread. A fetch holds the loop while it runs,
+    which a cursor over a local or fast database does not notice.
     """
     if isinstance(source, str | os.PathLike):
         return open_input(os.fspath(source), fmt)
@@ -84,10 +89,14 @@ def open_source(source: Source, fmt: str | None = None) -> InputFile:
     data, columns = _unwrap(source)
     if isinstance(data, AsyncIterable):
         raise TypeError("an async iterable is opened with `await aopen_source(...)`")
-    items = iter(data)
-    first = next(items, _END)
-    rest = items if first is _END else itertools.chain([first], items)
-    return _IterRows(_kind(data), first, columns, rest)
+    cursor = _is_cursor(data)
+    items = _fetched(data) if cursor else iter(data)
+    head: list[object] = []
+    while _leads(item := next(items, _END)):
+        head.append(item)
+    if item is not _END:
+        head.append(item)
+    return _IterRows(_kind(data), item, columns, itertools.chain(head, items), on_loop=cursor)
 
 
 async def aopen_source(source: Source, fmt: str | None = None) -> InputFile:
@@ -97,8 +106,11 @@ async def aopen_source(source: Source, fmt: str | None = None) -> InputFile:
     _no_format(fmt)
     data, columns = _unwrap(source)
     items = aiter(data)
-    first = await anext(items, _END)
-    return _AsyncRows(_kind(data), first, columns, items)
+    head: list[object] = []
+    while _leads(item := await anext(items, _END)):
+        head.append(item)
+    head.append(item)
+    return _AsyncRows(_kind(data), head, columns, items)
 
 
 def file_name(source: Source) -> str | None:
@@ -116,8 +128,8 @@ def _unwrap(source: Source) -> tuple[Any, list[str] | None]:
     """The iterable itself, and its column names when `Rows` gives them."""
     if isinstance(source, Rows):
         return source.data, [str(c) for c in source.columns]
-    if isinstance(source, Mapping | bytes | bytearray) or not isinstance(
-        source, Iterable | AsyncIterable
+    if isinstance(source, Mapping | bytes | bytearray) or not (
+        isinstance(source, Iterable | AsyncIterable) or _is_cursor(source)
     ):
         raise TypeError(
             f"cannot read rows from a {type(source).__name__}: pass a path, an iterable of "
@@ -128,6 +140,21 @@ def _unwrap(source: Source) -> tuple[Any, list[str] | None]:
 
 def _kind(obj: object) -> str:
     return f"<{type(obj).__name__}>"
+
+
+def _is_cursor(obj: object) -> bool:
+    return callable(getattr(obj, "fetchmany", None))
+
+
+def _fetched(cursor: Any) -> Iterator[object]:
+    """A DB-API cursor's rows, fetched a batch at a time (iterating one is optional)."""
+    while rows := cursor.fetchmany(_FETCH_ROWS):
+        yield from rows
+
+
+def _leads(item: object) -> bool:
+    """Whether `item` comes before the row that tells what the rows are: Rejects say nothing."""
+    return isinstance(item, Reject)
 
 
 # --- cells ----------------------------------------------------------------------------------
@@ -233,12 +260,6 @@ class _RowsInput(_MemoryInput):
             columns = [str(c) for c in first]
             # Later dicts need not have the first one's keys (as with JSON Lines).
             self._map_needs_column = False
-        elif columns is None and isinstance(first, Reject):
-            # Whether dicts or tuples follow is unknown, so is what the columns are.
-            raise TypeError(
-                "the first item is a Reject, so the columns are unknown: "
-                "pass tuples as Rows(rows, columns=[...])"
-            )
         elif columns is None and not (first is _END or _is_row(first)):
             raise TypeError(f"rows must be dicts, tuples or lists, not {type(first).__name__}")
         self._named = columns is not None
@@ -284,11 +305,29 @@ class _RowsInput(_MemoryInput):
 
 
 class _IterRows(_RowsInput):
+    """A sync iterable: read in a worker thread, or `on_loop` (a cursor) on the loop's."""
+
     def __init__(
-        self, kind: str, first: object, columns: list[str] | None, items: Iterator[object]
+        self,
+        kind: str,
+        first: object,
+        columns: list[str] | None,
+        items: Iterator[object],
+        *,
+        on_loop: bool,
     ) -> None:
         super().__init__(kind, first, columns)
         self._items = items
+        self._on_loop = on_loop
+
+    async def achunks(self, chunk_rows: int = 5000) -> AsyncIterator[RawChunk]:
+        if not self._on_loop:
+            async for chunk in super().achunks(chunk_rows):
+                yield chunk
+            return
+        for chunk in self.chunks(chunk_rows):
+            yield chunk
+            await asyncio.sleep(0)  # let requests in flight be answered between fetches
 
     def chunks(self, chunk_rows: int = 5000) -> Iterator[RawChunk]:
         chunk = RawChunk([], [])
@@ -305,16 +344,16 @@ class _AsyncRows(_RowsInput):
     """An async iterable, read on the event loop: `achunks()` only."""
 
     def __init__(
-        self, kind: str, first: object, columns: list[str] | None, items: AsyncIterator[object]
+        self, kind: str, head: list[object], columns: list[str] | None, items: AsyncIterator[object]
     ) -> None:
-        super().__init__(kind, first, columns)
-        self._first = first
-        self._items = items  # the items after `first`
+        super().__init__(kind, head[-1], columns)
+        self._head = [item for item in head if item is not _END]
+        self._items = items  # the items after `head`
 
     async def achunks(self, chunk_rows: int = 5000) -> AsyncIterator[RawChunk]:
         chunk = RawChunk([], [])
         n = 0
-        async for item in _prepend(self._first, self._items):
+        async for item in _prepend(self._head, self._items):
             n += 1
             self._add_item(chunk, n, item)
             if chunk.rows_read == chunk_rows:
@@ -324,9 +363,9 @@ class _AsyncRows(_RowsInput):
             yield chunk
 
 
-async def _prepend(first: object, rest: AsyncIterator[object]) -> AsyncIterator[object]:
-    if first is not _END:
-        yield first
+async def _prepend(head: list[object], rest: AsyncIterator[object]) -> AsyncIterator[object]:
+    for item in head:
+        yield item
     async for item in rest:
         yield item
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from typing import Any
 
 from .._errors import InputError
 from .._hashing.pool import hash_units
+from .._hashing.processes import hashing_pool
 from .._hashing.schema import NormalizeOptions, Schema
 from .._input.blocks import CsvBlock
 from .._input.source import InputFile
@@ -133,7 +133,7 @@ async def batch(
         if on_rows is not None:
             on_rows(chunk)
         full = batcher.add(chunk)
-        tally.chunk(chunk.rows_read, chunk.rejects, len(full))
+        tally.chunk(chunk.rows_read, chunk.rejects, len(full), chunk.blanked)
         await emit(full)
     if (rest := batcher.flush()) is not None:
         tally.chunk(0, [], 1)
@@ -157,9 +157,7 @@ def process_pool(job: UploadJob) -> Iterator[Executor | None]:
     if workers == 0:
         yield None
         return
-    # spawn: forking a process that runs an event loop and threads is unsafe.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with hashing_pool(workers) as pool:
         yield pool
 
 

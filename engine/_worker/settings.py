@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from .._errors import ConfigError
 from .._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
+from .._hints import did_you_mean
 from .._quota.limiter import LimiterConfig
 from .intake import Refusal, job_option
 
@@ -154,6 +155,20 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
 }
 
 
+# Every top-level setting load_config takes (in the config file, "-" may stand for "_").
+_SETTINGS = (
+    *_SCALARS,
+    "state_dir",
+    "secrets_file",
+    "tls_cert",
+    "tls_key",
+    "input_dirs",
+    "allowed_hosts",
+    "limits",
+    "job_defaults",
+)
+
+
 def load_config(path: Path) -> WorkerConfig:
     """Read and check the config file; relative paths in it are relative to the file."""
     raw = _read_toml(path, "config")
@@ -186,7 +201,8 @@ def load_config(path: Path) -> WorkerConfig:
             if misplaced:
                 raise ConfigError(f"job_defaults cannot set {', '.join(sorted(misplaced))}")
         else:
-            raise ConfigError(f"unknown setting {key!r} in {path}")
+            hint = did_you_mean(name, _SETTINGS)
+            raise ConfigError(f"unknown setting {key!r} in {path}{hint.replace('_', '-')}")
     if "state_dir" not in values:
         raise ConfigError(f"{path}: state_dir is required")
     config = WorkerConfig(**values)
@@ -230,7 +246,9 @@ def _limits(table: Mapping[str, Any]) -> LimiterConfig:
     values = _dashless(table)
     unknown = set(values) - allowed
     if unknown:
-        raise ConfigError(f"unknown [limits] setting {sorted(unknown)[0]!r}")
+        name = sorted(unknown)[0]
+        hint = did_you_mean(name, allowed).replace("_", "-")
+        raise ConfigError(f"unknown [limits] setting {name!r}{hint}")
     try:
         return LimiterConfig(**values)
     except (TypeError, ValueError) as exc:
@@ -280,7 +298,8 @@ def _read_secrets_file(path: Path) -> dict[str, Any]:
                 if not re.fullmatch(r"act_[0-9]{1,20}", account) or not isinstance(token, str):
                     raise ConfigError(f"{path}: access_tokens.{account} must be act_ID = token")
         elif key not in ("access_token", "app_secret", "api_token"):
-            raise ConfigError(f"{path}: unknown key {key!r}")
+            hint = did_you_mean(key, ("access_token", "app_secret", "api_token", "access_tokens"))
+            raise ConfigError(f"{path}: unknown key {key!r}{hint}")
         elif not isinstance(value, str) or not value:
             raise ConfigError(f"{path}: {key} must be a non-empty string")
     return raw

@@ -27,7 +27,12 @@ def serve(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         replace_settle_s=args.replace_settle_s,
     )
-    asyncio.run(_serve(config, args.host, args.port))
+    try:
+        asyncio.run(_serve(config, args.host, args.port))
+    except OSError as exc:  # the port is taken, the address is not this host's...
+        raise SystemExit(
+            f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}"
+        ) from None
 
 
 async def _serve(config: FakeConfig, host: str, port: int) -> None:
