@@ -30,7 +30,7 @@ import engine
 from engine._errors import InputError
 from engine._input.files import open_input
 from engine._input.memory import Rows
-from engine._pipeline.run import POOL_MIN_BYTES
+from engine._pipeline.stages import POOL_MIN_BYTES
 from engine.testing.fakegraph import FakeGraph
 from engine.testing.sample import EIGHT_KEYS, write_sample
 

@@ -163,7 +163,7 @@ class _ChunkCounter:
             return sum(map(ne, raws, map(str.lower, map(str.strip, raws))))
         if key == "PHONE":
             digits = phone_digits(self.options.default_country_code)
-            return sum(ne(raw.encode(), digits(raw)) for raw in raws)
+            return sum(ne(raw.encode(), digits(raw, None)) for raw in raws)
         norm = normalizers(self.options.default_country_code, datetime.date.today().year)[key]
         if key in CACHED_KEYS:
             moved = {raw for raw in set(raws) if norm(raw) != raw}
