@@ -56,22 +56,86 @@ _US_STATES = {
     letters(s.name): s.code.split("-")[1].lower()
     for s in pycountry.subdivisions.get(country_code="US")
 }
-# COUNTRY: ISO 3166-1 alpha-2 and alpha-3 codes, and the English names the docs name.
-_COUNTRIES = {c.alpha_2.lower(): c.alpha_2.lower() for c in pycountry.countries}
-_COUNTRIES.update({c.alpha_3.lower(): c.alpha_2.lower() for c in pycountry.countries})
+_US_STATES.update(
+    dict.fromkeys(["washingtondc"], "dc")
+    | dict.fromkeys(
+        map(
+            letters,
+            [
+                "US Virgin Islands",
+                "Virgin Islands",
+                "Virgin Islands, US",
+                "United States Virgin Islands",
+            ],
+        ),
+        "vi",
+    )
+)
+
+
+# COUNTRY: ISO 3166-1 alpha-2 and alpha-3 codes; every country's name, official name and
+# common name, also "Y X" for a name written "X, Y" and "X" alone when only one name starts
+# so, each also without accents; and the everyday names docs/normalization.md lists.
+def _without_accents(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
+_COUNTRIES: dict[str, str] = {}
+_FIRST_WORDS: dict[str, list[str]] = {}
+for _c in pycountry.countries:
+    _names = [_c.name, getattr(_c, "official_name", ""), getattr(_c, "common_name", "")]
+    if ", " in _c.name:
+        _x, _y = _c.name.split(", ", 1)
+        _names.append(_y + " " + _x)
+        _FIRST_WORDS.setdefault(letters(_x), []).append(_c.alpha_2.lower())
+    for _n in _names:
+        for _form in (letters(_n), letters(_without_accents(_n))):
+            if _form and _form not in _COUNTRIES:
+                _COUNTRIES[_form] = _c.alpha_2.lower()
+for _x, _codes in _FIRST_WORDS.items():
+    if len(_codes) == 1 and _x not in _COUNTRIES:
+        _COUNTRIES[_x] = _codes[0]
+for _c in pycountry.countries:
+    _COUNTRIES[_c.alpha_2.lower()] = _c.alpha_2.lower()
+    _COUNTRIES[_c.alpha_3.lower()] = _c.alpha_2.lower()
 _COUNTRIES.update(
     {
-        "unitedstates": "us",
-        "unitedstatesofamerica": "us",
-        "america": "us",
-        "uk": "gb",
-        "unitedkingdom": "gb",
-        "greatbritain": "gb",
-        "england": "gb",
-        "germany": "de",
-        "france": "fr",
-        "holland": "nl",
-        "uae": "ae",
+        letters(name): code
+        for code, names in {
+            "us": "USA, America, United States of America",
+            "gb": "UK, Great Britain, Britain, England, Scotland, Wales, Northern Ireland",
+            "nl": "Holland, The Netherlands",
+            "ae": "UAE",
+            "ru": "Russia",
+            "kr": "South Korea, Korea, Republic of Korea",
+            "kp": "North Korea",
+            "mo": "Macau",
+            "fm": "Micronesia",
+            "tr": "Turkey, Turkiye",
+            "ci": "Ivory Coast",
+            "cv": "Cape Verde",
+            "mm": "Burma",
+            "sz": "Swaziland",
+            "tl": "East Timor",
+            "va": "Vatican, Vatican City, Holy See",
+            "ps": "Palestine",
+            "bn": "Brunei",
+            "cz": "Czech Republic",
+            "cd": "DRC, DR Congo, Democratic Republic of the Congo, Congo-Kinshasa",
+            "cg": "Congo-Brazzaville, Republic of the Congo",
+            "vi": "US Virgin Islands",
+            "vg": "British Virgin Islands",
+            "mf": "Saint Martin",
+            "sx": "Sint Maarten",
+            "fk": "Falkland Islands",
+            "lc": "St Lucia",
+            "kn": "St Kitts and Nevis",
+            "vc": "St Vincent and the Grenadines",
+            "tt": "Trinidad",
+            "ba": "Bosnia",
+            "mk": "Macedonia",
+        }.items()
+        for name in names.split(", ")
     }
 )
 

@@ -1,80 +1,107 @@
 """Place names as Meta wants them: US states as their two-letter codes, countries as ISO 3166-1
-alpha-2 codes, each reachable by code and by common name (letters only, lowercase).
+alpha-2 codes, each reachable by code and by name (letters only, lowercase).
+
+The tables are built once, at import, from pycountry's ISO 3166 data (every country by its
+codes, name, official name and common name; every US state, district and outlying area from
+ISO 3166-2), plus the everyday names ISO does not list (USA, UK, Russia, South Korea...).
+Lookups are then one dict access per distinct cell, as before.
 """
 
 from __future__ import annotations
 
-# Letters-only lowercase name -> USPS code; the codes map to themselves below.
-US_STATES: dict[str, str] = {
-    "alabama": "al", "alaska": "ak", "arizona": "az", "arkansas": "ar", "california": "ca",
-    "colorado": "co", "connecticut": "ct", "delaware": "de", "florida": "fl", "georgia": "ga",
-    "hawaii": "hi", "idaho": "id", "illinois": "il", "indiana": "in", "iowa": "ia",
-    "kansas": "ks", "kentucky": "ky", "louisiana": "la", "maine": "me", "maryland": "md",
-    "massachusetts": "ma", "michigan": "mi", "minnesota": "mn", "mississippi": "ms",
-    "missouri": "mo", "montana": "mt", "nebraska": "ne", "nevada": "nv", "newhampshire": "nh",
-    "newjersey": "nj", "newmexico": "nm", "newyork": "ny", "northcarolina": "nc",
-    "northdakota": "nd", "ohio": "oh", "oklahoma": "ok", "oregon": "or", "pennsylvania": "pa",
-    "rhodeisland": "ri", "southcarolina": "sc", "southdakota": "sd", "tennessee": "tn",
-    "texas": "tx", "utah": "ut", "vermont": "vt", "virginia": "va", "washington": "wa",
-    "westvirginia": "wv", "wisconsin": "wi", "wyoming": "wy", "districtofcolumbia": "dc",
-    "washingtondc": "dc", "puertorico": "pr", "guam": "gu", "usvirginislands": "vi",
-    "virginislands": "vi", "virginislandsus": "vi", "americansamoa": "as",
-    "northernmarianaislands": "mp", "unitedstatesminoroutlyingislands": "um",
+import unicodedata
+
+import pycountry
+
+
+def letters(raw: str) -> str:
+    """Lowercase letters of any script; punctuation, digits and spaces dropped."""
+    s = raw.lower()
+    if s.isascii():
+        return s if s.isalpha() else s.translate(_DROP_NON_ALPHA)
+    # NFC so composed and decomposed "é" hash the same. Combining marks are kept because
+    # scripts like Devanagari write vowels with them (isalpha() is False for those).
+    s = unicodedata.normalize("NFC", s)
+    return "".join(c for c in s if c.isalpha() or unicodedata.category(c)[0] == "M")
+
+
+_DROP_NON_ALPHA = {c: None for c in range(128) if not chr(c).isalpha()}
+
+
+def _forms(name: str) -> set[str]:
+    """A name's lookup keys: its letters, and the same without accents ("Côte d'Ivoire"
+    is as often written "Cote d'Ivoire")."""
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return {letters(name), letters(folded)} - {""}
+
+
+# Everyday names ISO 3166 does not list; letters only, lowercase.
+COUNTRY_ALIASES: dict[str, str] = {
+    "usa": "us", "america": "us", "unitedstatesofamerica": "us", "uk": "gb",
+    "greatbritain": "gb", "britain": "gb", "england": "gb", "scotland": "gb", "wales": "gb",
+    "northernireland": "gb", "holland": "nl", "thenetherlands": "nl", "uae": "ae",
+    "russia": "ru", "southkorea": "kr", "korea": "kr", "republicofkorea": "kr",
+    "northkorea": "kp", "macau": "mo", "micronesia": "fm", "turkey": "tr", "turkiye": "tr",
+    "ivorycoast": "ci", "capeverde": "cv", "burma": "mm", "swaziland": "sz", "easttimor": "tl",
+    "vatican": "va", "vaticancity": "va", "holysee": "va", "palestine": "ps", "brunei": "bn",
+    "czechrepublic": "cz", "drc": "cd", "drcongo": "cd", "democraticrepublicofthecongo": "cd",
+    "congobrazzaville": "cg", "republicofthecongo": "cg", "congokinshasa": "cd",
+    "usvirginislands": "vi", "britishvirginislands": "vg", "saintmartin": "mf",
+    "sintmaarten": "sx", "falklandislands": "fk", "stlucia": "lc", "stkittsandnevis": "kn",
+    "stvincentandthegrenadines": "vc", "trinidad": "tt", "bosnia": "ba", "macedonia": "mk",
 }  # fmt: skip
 
 
-US_STATES.update({code: code for code in set(US_STATES.values())})
+def _countries() -> dict[str, str]:
+    codes: dict[str, str] = {}
+    names: dict[str, str] = {}
+    shorts: dict[str, set[str]] = {}
+    for country in pycountry.countries:
+        a2 = country.alpha_2.lower()
+        codes[a2] = a2
+        codes[country.alpha_3.lower()] = a2
+        full = [country.name]
+        full += [
+            getattr(country, n) for n in ("official_name", "common_name") if hasattr(country, n)
+        ]
+        if ", " in country.name:
+            # "Iran, Islamic Republic of": also "Islamic Republic of Iran", and "Iran" alone
+            # when no other country's name starts so ("Korea, ..." and "Congo, ..." do).
+            before, after = country.name.split(", ", 1)
+            full.append(f"{after} {before}")
+            shorts.setdefault(letters(before), set()).add(a2)
+        for name in full:
+            for form in _forms(name):
+                names.setdefault(form, a2)
+    for short, which in shorts.items():
+        if len(which) == 1:
+            names.setdefault(short, *which)
+    # Codes win over names, and the aliases over both: they are the names people mean.
+    return {**names, **codes, **COUNTRY_ALIASES}
 
 
-# ISO 3166-1 alpha-2:alpha-3, all 249 codes (from the iso-codes package).
-_ISO = (
-    "ad:and ae:are af:afg ag:atg ai:aia al:alb am:arm ao:ago aq:ata ar:arg as:asm at:aut au:aus "
-    "aw:abw ax:ala az:aze ba:bih bb:brb bd:bgd be:bel bf:bfa bg:bgr bh:bhr bi:bdi bj:ben bl:blm "
-    "bm:bmu bn:brn bo:bol bq:bes br:bra bs:bhs bt:btn bv:bvt bw:bwa by:blr bz:blz ca:can cc:cck "
-    "cd:cod cf:caf cg:cog ch:che ci:civ ck:cok cl:chl cm:cmr cn:chn co:col cr:cri cu:cub cv:cpv "
-    "cw:cuw cx:cxr cy:cyp cz:cze de:deu dj:dji dk:dnk dm:dma do:dom dz:dza ec:ecu ee:est eg:egy "
-    "eh:esh er:eri es:esp et:eth fi:fin fj:fji fk:flk fm:fsm fo:fro fr:fra ga:gab gb:gbr gd:grd "
-    "ge:geo gf:guf gg:ggy gh:gha gi:gib gl:grl gm:gmb gn:gin gp:glp gq:gnq gr:grc gs:sgs gt:gtm "
-    "gu:gum gw:gnb gy:guy hk:hkg hm:hmd hn:hnd hr:hrv ht:hti hu:hun id:idn ie:irl il:isr im:imn "
-    "in:ind io:iot iq:irq ir:irn is:isl it:ita je:jey jm:jam jo:jor jp:jpn ke:ken kg:kgz kh:khm "
-    "ki:kir km:com kn:kna kp:prk kr:kor kw:kwt ky:cym kz:kaz la:lao lb:lbn lc:lca li:lie lk:lka "
-    "lr:lbr ls:lso lt:ltu lu:lux lv:lva ly:lby ma:mar mc:mco md:mda me:mne mf:maf mg:mdg mh:mhl "
-    "mk:mkd ml:mli mm:mmr mn:mng mo:mac mp:mnp mq:mtq mr:mrt ms:msr mt:mlt mu:mus mv:mdv mw:mwi "
-    "mx:mex my:mys mz:moz na:nam nc:ncl ne:ner nf:nfk ng:nga ni:nic nl:nld no:nor np:npl nr:nru "
-    "nu:niu nz:nzl om:omn pa:pan pe:per pf:pyf pg:png ph:phl pk:pak pl:pol pm:spm pn:pcn pr:pri "
-    "ps:pse pt:prt pw:plw py:pry qa:qat re:reu ro:rou rs:srb ru:rus rw:rwa sa:sau sb:slb sc:syc "
-    "sd:sdn se:swe sg:sgp sh:shn si:svn sj:sjm sk:svk sl:sle sm:smr sn:sen so:som sr:sur ss:ssd "
-    "st:stp sv:slv sx:sxm sy:syr sz:swz tc:tca td:tcd tf:atf tg:tgo th:tha tj:tjk tk:tkl tl:tls "
-    "tm:tkm tn:tun to:ton tr:tur tt:tto tv:tuv tw:twn tz:tza ua:ukr ug:uga um:umi us:usa uy:ury "
-    "uz:uzb va:vat vc:vct ve:ven vg:vgb vi:vir vn:vnm vu:vut wf:wlf ws:wsm ye:yem yt:myt za:zaf "
-    "zm:zmb zw:zwe"
-)
+COUNTRIES: dict[str, str] = _countries()
 
 
-# Common English names (letters only, lowercase) -> alpha-2; codes are added from _ISO below.
-COUNTRIES: dict[str, str] = {
-    "unitedstates": "us", "unitedstatesofamerica": "us", "america": "us", "us": "us",
-    "unitedkingdom": "gb", "uk": "gb", "greatbritain": "gb", "britain": "gb", "england": "gb",
-    "scotland": "gb", "wales": "gb", "northernireland": "gb", "germany": "de", "france": "fr",
-    "spain": "es", "italy": "it", "canada": "ca", "mexico": "mx", "brazil": "br", "india": "in",
-    "japan": "jp", "china": "cn", "australia": "au", "netherlands": "nl", "thenetherlands": "nl",
-    "holland": "nl", "belgium": "be", "switzerland": "ch", "austria": "at", "sweden": "se",
-    "norway": "no", "denmark": "dk", "finland": "fi", "iceland": "is", "ireland": "ie",
-    "portugal": "pt", "poland": "pl", "czechrepublic": "cz", "czechia": "cz", "hungary": "hu",
-    "romania": "ro", "greece": "gr", "turkey": "tr", "turkiye": "tr", "russia": "ru",
-    "ukraine": "ua", "israel": "il", "unitedarabemirates": "ae", "uae": "ae",
-    "saudiarabia": "sa", "egypt": "eg", "southafrica": "za", "nigeria": "ng", "kenya": "ke",
-    "morocco": "ma", "argentina": "ar", "chile": "cl", "colombia": "co", "peru": "pe",
-    "venezuela": "ve", "southkorea": "kr", "korea": "kr", "republicofkorea": "kr",
-    "taiwan": "tw", "hongkong": "hk", "singapore": "sg", "malaysia": "my", "indonesia": "id",
-    "thailand": "th", "vietnam": "vn", "philippines": "ph", "pakistan": "pk",
-    "bangladesh": "bd", "newzealand": "nz", "puertorico": "pr", "luxembourg": "lu",
-    "croatia": "hr", "serbia": "rs", "bulgaria": "bg", "slovakia": "sk", "slovenia": "si",
-    "estonia": "ee", "latvia": "lv", "lithuania": "lt",
+# US names ISO 3166-2 does not list; letters only, lowercase.
+STATE_ALIASES: dict[str, str] = {
+    "washingtondc": "dc", "usvirginislands": "vi", "virginislands": "vi",
+    "virginislandsus": "vi", "unitedstatesvirginislands": "vi",
 }  # fmt: skip
 
 
-for _pair in _ISO.split():
-    _a2, _a3 = _pair.split(":")
-    COUNTRIES.setdefault(_a2, _a2)
-    COUNTRIES.setdefault(_a3, _a2)
+def _us_states() -> dict[str, str]:
+    table: dict[str, str] = {}
+    # pycountry's get() has no annotations; it returns the country's subdivisions.
+    subdivisions = pycountry.subdivisions.get(country_code="US")  # type: ignore[no-untyped-call]
+    for sub in subdivisions:
+        code = sub.code.split("-")[1].lower()
+        table[code] = code
+        for form in _forms(sub.name):
+            table.setdefault(form, code)
+    return {**table, **STATE_ALIASES}
+
+
+# Meta's rule names only US states as codes; a state elsewhere (a Canadian province too) is
+# its name's letters, so ISO 3166-2 codes of other countries are not applied.
+US_STATES: dict[str, str] = _us_states()

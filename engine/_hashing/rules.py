@@ -10,6 +10,7 @@ import unicodedata
 from collections.abc import Callable
 
 from .places import COUNTRIES, US_STATES
+from .places import letters as _letters
 from .schema import PLAIN_KEYS, VALUE_KEY, NormalizeOptions, Normalizer
 
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -25,25 +26,11 @@ _GENDERS = {"m": "m", "male": "m", "man": "m", "f": "f", "female": "f", "woman":
 NON_DIGIT_BYTES = bytes(b for b in range(256) if not 0x30 <= b <= 0x39)
 
 
-# ASCII fast paths: str.translate with these deletes every non-letter / non-alnum ASCII char.
-_DROP_NON_ALPHA = {c: None for c in range(128) if not chr(c).isalpha()}
-
-
+# ASCII fast path: str.translate with this deletes every non-alphanumeric ASCII char.
 _DROP_NON_ALNUM = {c: None for c in range(128) if not chr(c).isalnum()}
 
 
 _INT64_MAX = 2**63 - 1
-
-
-def _letters(raw: str) -> str:
-    """Lowercase letters of any script; punctuation, digits and spaces dropped."""
-    s = raw.lower()
-    if s.isascii():
-        return s if s.isalpha() else s.translate(_DROP_NON_ALPHA)
-    # NFC so composed and decomposed "é" hash the same. Combining marks are kept because
-    # scripts like Devanagari write vowels with them (isalpha() is False for those).
-    s = unicodedata.normalize("NFC", s)
-    return "".join(c for c in s if c.isalpha() or unicodedata.category(c)[0] == "M")
 
 
 def _name(raw: str) -> str | None:
