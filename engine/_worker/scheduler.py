@@ -17,7 +17,7 @@ from .._api import Uploader
 from .._errors import InputError
 from .._report import Progress, ProgressFn
 from .intake import Refusal, open_allowed, with_intake
-from .jobs import UNFINISHED, Job, JobStore, State
+from .jobs import UNFINISHED, Job, JobTable, State
 from .settings import Layout, Secrets, WorkerConfig
 from .telemetry import Metrics, job_context
 
@@ -68,7 +68,7 @@ class Worker:
         config: WorkerConfig,
         secrets: Secrets,
         layout: Layout,
-        store: JobStore,
+        store: JobTable,
         uploader: Uploader,
         metrics: Metrics,
     ) -> None:
@@ -84,7 +84,7 @@ class Worker:
         self.draining = False
 
     @property
-    def store(self) -> JobStore:
+    def store(self) -> JobTable:
         return self._store
 
     def waiting(self) -> int:
