@@ -23,7 +23,7 @@ from ._pipeline.run import RequestHook, run_job
 from ._pipeline.sender import RetryPolicy
 from ._quota.limiter import LimiterConfig, LimiterRegistry
 from ._report import ProgressFn, Report
-from ._resume.checkpoint import acks_from_report
+from ._resume.checkpoint import CheckpointStore, acks_from_report
 
 __all__ = ["UploadOptions", "Uploader", "upload", "upload_sync"]
 
@@ -58,7 +58,7 @@ class UploadOptions(_Target, total=False):
     max_retries: int
     connect_timeout_s: float
     read_timeout_s: float
-    checkpoint: str | os.PathLike[str] | None
+    checkpoint: str | os.PathLike[str] | CheckpointStore | None
     restart: bool
     session_window_s: float
     unrecorded_batches: Sequence[Mapping[str, Any]] | None
@@ -157,7 +157,7 @@ class Uploader:
         max_retries: int = 8,
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 120.0,
-        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint: str | os.PathLike[str] | CheckpointStore | None = None,
         restart: bool = False,
         session_window_s: float = SESSION_WINDOW_S,
         unrecorded_batches: Sequence[Mapping[str, Any]] | None = None,
@@ -223,7 +223,8 @@ class Uploader:
             max_retries=max_retries,
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,
-            checkpoint=os.fspath(checkpoint) if checkpoint is not None else None,
+            checkpoint=_checkpoint_name(checkpoint),
+            checkpoint_store=None if isinstance(checkpoint, str | os.PathLike) else checkpoint,
             restart=restart,
             session_window_s=session_window_s,
             unrecorded_batches=tuple(acks_from_report(unrecorded_batches or [])),
@@ -303,3 +304,10 @@ def upload_sync(
     return asyncio.run(
         upload(source, api_base=api_base, api_version=api_version, limits=limits, **options)
     )
+
+
+def _checkpoint_name(checkpoint: str | os.PathLike[str] | CheckpointStore | None) -> str | None:
+    """A checkpoint file's path, or how a store other than a file names itself."""
+    if checkpoint is None or isinstance(checkpoint, str | os.PathLike):
+        return None if checkpoint is None else os.fspath(checkpoint)
+    return checkpoint.label

@@ -17,7 +17,7 @@ from typing import Any
 from ._errors import ConfigError
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION, Mode
 from ._graph.facts import MAX_BATCH_ROWS, SESSION_WINDOW_S
-from ._resume.checkpoint import Acknowledgement
+from ._resume.checkpoint import Acknowledgement, CheckpointStore
 
 MODES: tuple[Mode, ...] = ("add", "remove", "replace")
 # Requests in flight per job, at most (the session coordinator's byte budget also bounds
@@ -206,6 +206,8 @@ class UploadJob:
     )
     # Acknowledgements a failed run could not record: added to the checkpoint on resuming.
     unrecorded_batches: tuple[Acknowledgement, ...] = ()
+    # A checkpoint kept elsewhere than a file (a fleet's, in Redis); `checkpoint` names it.
+    checkpoint_store: CheckpointStore | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):

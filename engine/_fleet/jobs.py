@@ -27,9 +27,16 @@ redis.call('ZADD', ARGV[8] .. ARGV[2], seq, ARGV[1])
 return seq
 """
 
+# ARGV[7]: the states it may move from (space-separated; empty: any). KEYS[2] (optional):
+# the job's lease token, which must be ARGV[8]: an update by an owner that lost the job is
+# not made. Returns 0 when not made.
 _UPDATE = """
 local old = redis.call('HGET', KEYS[1], 'state')
 if not old then return redis.error_reply('no such job') end
+if ARGV[7] ~= '' and not string.find(' ' .. ARGV[7] .. ' ', ' ' .. old .. ' ', 1, true) then
+  return 0
+end
+if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[8] then return 0 end
 local seq = redis.call('HGET', KEYS[1], 'seq')
 redis.call('ZREM', ARGV[6] .. old, ARGV[1])
 redis.call('ZADD', ARGV[6] .. ARGV[2], seq, ARGV[1])
@@ -92,6 +99,22 @@ class RedisJobStore:
         report: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> Job:
+        job = self.update_if(job_id, state, report=report, error=error)
+        assert job is not None, job_id
+        return job
+
+    def update_if(
+        self,
+        job_id: str,
+        state: State,
+        *,
+        report: dict[str, Any] | None = None,
+        error: str | None = None,
+        from_states: tuple[State, ...] = (),
+        fence: tuple[str, int] | None = None,
+    ) -> Job | None:
+        """`update`, made only while the job is in one of `from_states` (empty: any) and,
+        with a `fence` (lease key, token), only while that token is the job's: else None."""
         # An error is sent with a leading mark, so an empty error still replaces the stored one.
         args = [
             job_id,
@@ -100,10 +123,13 @@ class RedisJobStore:
             "" if report is None else orjson.dumps(report).decode(),
             "" if error is None else "=" + error,
             f"{self._ns}jobs:",
+            " ".join(from_states),
+            "" if fence is None else str(fence[1]),
         ]
+        keys = [self._key(job_id), *(() if fence is None else (fence[0],))]
         with as_os_error():
-            self._update(keys=[self._key(job_id)], args=args)
-        return self._get(job_id)
+            made = self._update(keys=keys, args=args)
+        return self._get(job_id) if made else None
 
     def _many(self, ids: list[bytes]) -> list[Job]:
         with as_os_error():
