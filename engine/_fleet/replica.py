@@ -74,6 +74,9 @@ class Fleet:
     def lease_key(self, job_id: str) -> str:
         return f"{self.namespace}lease:{job_id}"
 
+    def owner_key(self, job_id: str) -> str:
+        return f"{self.namespace}owner:{job_id}"
+
     def cancel_key(self, job_id: str) -> str:
         return f"{self.namespace}cancel:{job_id}"
 
@@ -113,6 +116,7 @@ class FleetWorker(Worker):
             # Our drain stops the jobs; saq then only has to let them return.
             shutdown_grace_period_s=int(self._config.grace_s) + 1,
         )
+        self._saq.SIGNALS = []  # the worker's own handlers drain; saq's would stop at once
         self._saq_task: asyncio.Task[None] | None = None
 
     async def ready(self) -> bool:
@@ -175,6 +179,8 @@ class FleetWorker(Worker):
         if job is None or job.state in TERMINAL:
             return
         token = int(await fleet.aio.incr(fleet.lease_key(job_id)))
+        # Who runs it, for operators (and tests) to find: the token says who may write.
+        await fleet.aio.set(fleet.owner_key(job_id), fleet.replica, ex=7 * 86400)
         self._tokens[job_id] = token
         task = asyncio.current_task()
         assert task is not None

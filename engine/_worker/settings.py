@@ -137,7 +137,7 @@ class WorkerConfig:
     # A fleet: the Redis that replicas share (jobs, checkpoints, locks); None: one host.
     redis_url: str | None = None
     # A replica silent this long loses its jobs to the others.
-    lease_s: float = 20.0
+    lease_s: float = 15.0
 
 
 _SCALARS: dict[str, type | tuple[type, ...]] = {
