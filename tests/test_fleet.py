@@ -52,7 +52,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 async def start_fleet(
-    tmp_path: Path, fake: FakeGraph, url: str, workers: Any, n: int = 3
+    tmp_path: Path, fake: FakeGraph, url: str, start: Any, n: int = 3
 ) -> list[WorkerProcess]:
     """`n` replicas, each with its own state dir and config: the first two name Redis in
     their config, the last through the environment."""
@@ -65,7 +65,7 @@ async def start_fleet(
         config = write_config(home, fake.base_url, *extra, input_dir=tmp_path)
         config.write_text(config.read_text().replace("max-jobs = 4\n", ""))
         env = worker_env(**({"AUDIENCE_ENGINE_REDIS_URL": url} if via_env else {}))
-        replicas.append(await workers(config, env))
+        replicas.append(await start(config, env))
     return replicas
 
 
@@ -85,7 +85,7 @@ def check_one_session(fake: FakeGraph, report: dict[str, Any]) -> None:
 async def test_any_replica_accepts_lists_shows_and_cancels_every_job(
     fake: FakeGraph,
     tmp_path: Path,
-    workers: Any,
+    workers: Any,  # noqa: F811
     http: aiohttp.ClientSession,  # noqa: F811
     redis_server: RedisServer,
 ) -> None:
@@ -120,7 +120,7 @@ async def test_any_replica_accepts_lists_shows_and_cancels_every_job(
 async def test_a_replica_killed_mid_job_its_jobs_finish_on_the_others(
     fake: FakeGraph,
     tmp_path: Path,
-    workers: Any,
+    workers: Any,  # noqa: F811
     http: aiohttp.ClientSession,  # noqa: F811
     redis_server: RedisServer,
 ) -> None:
