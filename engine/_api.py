@@ -91,6 +91,7 @@ class Uploader:
         limiters: LimiterRegistry | None = None,
         max_connections: int = 64,
         on_request: RequestHook | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
         self._token = access_token or os.environ.get("META_ACCESS_TOKEN")
         self._app_secret = app_secret or os.environ.get("META_APP_SECRET")
@@ -99,6 +100,7 @@ class Uploader:
         self._limiters = limiters or LimiterRegistry(limits or LimiterConfig())
         self._max_connections = max_connections
         self._on_request = on_request
+        self._trace_configs = list(trace_configs)  # a fleet's lease check before each request
         self._http: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:  # the token stays out of reprs and tracebacks
@@ -131,7 +133,9 @@ class Uploader:
             connector = aiohttp.TCPConnector(limit=self._max_connections)
             # Timeouts are per request (per job); the pool itself never times out.
             self._http = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
+                trace_configs=self._trace_configs or None,
             )
         return self._http
 

@@ -52,7 +52,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 async def start_fleet(
-    tmp_path: Path, fake: FakeGraph, url: str, start: Any, n: int = 3
+    tmp_path: Path, fake: FakeGraph, url: str, start: Any, n: int = 3, rate: float = 200.0
 ) -> list[WorkerProcess]:
     """`n` replicas, each with its own state dir and config: the first two name Redis in
     their config, the last through the environment."""
@@ -63,7 +63,11 @@ async def start_fleet(
         via_env = i == n - 1
         extra = ["lease-s = 4", "max-jobs = 2"] + ([] if via_env else [f'redis-url = "{url}"'])
         config = write_config(home, fake.base_url, *extra, input_dir=tmp_path)
-        config.write_text(config.read_text().replace("max-jobs = 4\n", ""))
+        text = config.read_text().replace("max-jobs = 4\n", "")
+        paced = "burst = 50" if rate == 200.0 else "burst = 1"
+        config.write_text(
+            text.replace("rate = 200.0", f"rate = {rate}").replace("burst = 50", paced)
+        )
         env = worker_env(**({"AUDIENCE_ENGINE_REDIS_URL": url} if via_env else {}))
         replicas.append(await start(config, env))
     return replicas
@@ -178,3 +182,114 @@ def _true_when(check: Any) -> Any:
         return bool(check())
 
     return wrapped
+
+
+def _pid_of(client: redis.Redis, job_id: str) -> int:
+    owner = client.get(f"{NS}owner:{job_id}")
+    assert owner is not None
+    return int(owner.decode().rsplit("-", 1)[1])
+
+
+async def test_a_replica_paused_past_its_lease_sends_nothing_more(
+    fake: FakeGraph,
+    tmp_path: Path,
+    workers: Any,  # noqa: F811
+    http: aiohttp.ClientSession,  # noqa: F811
+    redis_server: RedisServer,
+) -> None:
+    fake.register_audience(AUD_1, ACT_1)
+    fake.configure(latency=(0.02, 0.05))
+    people = write_sample(tmp_path / "people.csv", 2_000, seed=8)
+    # Paced: at the pause a send waits its turn, and on waking it is due at once.
+    replicas = await start_fleet(tmp_path, fake, redis_server.url, workers, rate=8.0)
+    by_pid = {r.proc.pid: r for r in replicas if r.proc is not None}
+    client = redis.Redis.from_url(redis_server.url)
+    paused: list[WorkerProcess] = []
+    job_id = ""
+
+    def pause_its_runner(entry: LogEntry) -> bool:
+        if not paused and sum(e.audience_id == AUD_1 for e in fake.log) >= 5:
+            paused.append(by_pid[_pid_of(client, job_id)])
+            paused[0].signal(signal.SIGSTOP)
+        return True
+
+    fake.on_arrival = pause_its_runner
+    job_id = (
+        await submit(
+            http, replicas[0].url, audience=AUD_1, ad_account=ACT_1, input=str(people),
+            batch_size=50,
+        )
+    )["id"]  # fmt: skip
+    await poll("the runner to be paused", _true_when(lambda: bool(paused)))
+    other = next(r for r in replicas if r is not paused[0])
+    [job] = await wait_for_states(http, other.url, [job_id])
+    fake.on_arrival = None
+    seen = len(fake.log)
+    paused[0].signal(signal.SIGCONT)
+    # It wakes, finds its lease gone, and ends its run without recording anything.
+    await poll("the paused replica to give the job up", _true_when(
+        lambda: "not recording" in paused[0].log_text()
+    ))  # fmt: skip
+    assert "lease lost" in paused[0].log_text()
+    assert len(fake.log) == seen, "the paused replica sent after waking"
+    check_one_session(fake, job["report"])
+    assert job["report"]["resumed"]
+    assert fake.members(AUD_1) == expected_rows(people)
+    async with http.get(f"{other.url}/jobs/{job_id}") as resp:
+        assert (await resp.json())["state"] == "completed"
+
+
+async def test_redis_restarted_mid_job_the_job_completes_in_its_session(
+    fake: FakeGraph,
+    tmp_path: Path,
+    workers: Any,  # noqa: F811
+    http: aiohttp.ClientSession,  # noqa: F811
+    redis_server: RedisServer,
+) -> None:
+    fake.register_audience(AUD_1, ACT_1)
+    fake.configure(latency=(0.02, 0.05))
+    people = write_sample(tmp_path / "people.csv", 2_000, seed=9)
+    replicas = await start_fleet(tmp_path, fake, redis_server.url, workers)
+    restarted: list[bool] = []
+
+    def restart_redis(entry: LogEntry) -> bool:
+        if not restarted and sum(e.audience_id == AUD_1 for e in fake.log) >= 5:
+            restarted.append(True)
+            redis_server.stop()  # SIGKILL; every write was fsynced (appendfsync always)
+            redis_server.start()
+        return True
+
+    fake.on_arrival = restart_redis
+    job = await submit(
+        http, replicas[1].url, audience=AUD_1, ad_account=ACT_1, input=str(people), batch_size=50
+    )
+    [done] = await wait_for_states(http, replicas[2].url, [job["id"]])
+    assert restarted
+    check_one_session(fake, done["report"])
+    assert fake.members(AUD_1) == expected_rows(people)
+    for violation in fake.violations:  # a request in flight at the restart may be re-sent
+        assert "re-sent after it was acknowledged" in violation, violation
+
+
+async def test_readyz_says_not_ready_while_redis_is_unreachable(
+    fake: FakeGraph,
+    tmp_path: Path,
+    workers: Any,  # noqa: F811
+    http: aiohttp.ClientSession,  # noqa: F811
+    redis_server: RedisServer,
+) -> None:
+    [replica] = await start_fleet(tmp_path, fake, redis_server.url, workers, n=1)
+
+    async def readyz() -> tuple[int, dict[str, Any]]:
+        async with http.get(f"{replica.url}/readyz") as resp:
+            return resp.status, await resp.json()
+
+    assert await readyz() == (200, {"status": "ready"})
+    redis_server.stop()
+    assert await readyz() == (503, {"status": "shared store unreachable"})
+    redis_server.start()
+
+    async def ready_again() -> bool:
+        return (await readyz())[0] == 200
+
+    await poll("ready again", ready_again)

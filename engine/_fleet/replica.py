@@ -18,8 +18,10 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 from saq import Worker as SaqWorker
 from saq.queue.redis import RedisQueue
@@ -52,6 +54,23 @@ def replica_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+class LeaseLost(aiohttp.ClientError):
+    """A request of a job whose lease this replica no longer holds: never sent."""
+
+
+@dataclass(eq=False)
+class Lease:
+    """This replica's hold on a running job, as it knows it without asking Redis: good
+    until `valid_until` (monotonic, so a paused process finds it ran out on waking)."""
+
+    stop: asyncio.Event
+    valid_until: float
+    lost: bool = False
+
+    def good(self) -> bool:
+        return not self.lost and time.monotonic() < self.valid_until
+
+
 class _Requeue(Exception):
     """A drain stopped the job: saq queues it again, for any replica."""
 
@@ -70,6 +89,25 @@ class Fleet:
         )
         self.queue = RedisQueue(self.aio, name=f"{namespace}queue")
         self.store = RedisJobStore(self.sync, namespace)
+        # By audience (one job per audience runs at a time): the jobs running here.
+        self.leases: dict[str, Lease] = {}
+
+    def trace_config(self) -> aiohttp.TraceConfig:
+        """Checks the job's lease as each request starts, so a replica that lost a job
+        (paused or cut off past its lease) sends nothing more for it."""
+        trace = aiohttp.TraceConfig()
+
+        async def on_start(
+            session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestStartParams
+        ) -> None:
+            for part in params.url.parts:
+                lease = self.leases.get(part)
+                if lease is not None and not lease.good():
+                    lease.stop.set()
+                    raise LeaseLost("this replica no longer holds the job's lease")
+
+        trace.on_request_start.append(on_start)
+        return trace
 
     def lease_key(self, job_id: str) -> str:
         return f"{self.namespace}lease:{job_id}"
@@ -186,7 +224,10 @@ class FleetWorker(Worker):
         assert task is not None
         live = _Live(job, task)
         self._live[job_id] = live
-        beat = asyncio.create_task(self._beat(live, ctx.get("job"), token))
+        # Good for less than the lease: the others' view of it starts from a later beat.
+        lease = Lease(live.stop, time.monotonic() + self._fleet.lease_s - self._beats)
+        self._fleet.leases[job.audience_id] = lease
+        beat = asyncio.create_task(self._beat(live, lease, ctx.get("job"), token))
         try:
             if await fleet.aio.exists(fleet.cancel_key(job_id)):
                 live.cancel.set()
@@ -197,35 +238,36 @@ class FleetWorker(Worker):
                 await self._run_job(live)
         finally:
             beat.cancel()
+            if self._fleet.leases.get(job.audience_id) is lease:
+                del self._fleet.leases[job.audience_id]
             self._live.pop(job_id, None)
             self._tokens.pop(job_id, None)
         stored = fleet.store.get(job_id)
         if stored is not None and stored.state == "interrupted" and self.draining:
             raise _Requeue(f"job {job_id} stopped by a drain")
 
-    async def _beat(self, live: _Live, saq_job: Any, token: int) -> None:
+    async def _beat(self, live: _Live, lease: Lease, saq_job: Any, token: int) -> None:
         """Every quarter lease: prove this replica alive, and stop the job once it is
         another's or the lease ran out unrenewed."""
         fleet, job_id = self._fleet, live.job.id
-        valid_until = time.monotonic() + fleet.lease_s
         while True:
             await asyncio.sleep(self._beats)
+            if not lease.good():  # woken after a pause, or Redis unreachable too long
+                break
+            began = time.monotonic()
             try:
                 held = await fleet.aio.get(fleet.lease_key(job_id))
                 if held is None or int(held) != token:
-                    log.warning("job %s: another replica took it over; stopping", job_id)
-                    live.stop.set()
-                    return
+                    break
                 await saq_job.update()
                 if await fleet.aio.exists(fleet.cancel_key(job_id)):
                     live.cancel.set()
-                valid_until = time.monotonic() + fleet.lease_s
+                lease.valid_until = began + fleet.lease_s - self._beats
             except (aioredis.RedisError, OSError) as exc:
                 log.warning("job %s: cannot reach redis (%s)", job_id, exc)
-            if time.monotonic() > valid_until:
-                log.warning("job %s: lease ran out; stopping", job_id)
-                live.stop.set()
-                return
+        lease.lost = True
+        log.warning("job %s: lease lost (another replica may run it); stopping", job_id)
+        live.stop.set()
 
     @contextlib.asynccontextmanager
     async def _turn(self, job: Job) -> AsyncIterator[None]:

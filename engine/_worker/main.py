@@ -109,6 +109,7 @@ async def serve(
             limits=config.limits,
             app_secret=secrets.app_secret,
             on_request=metrics.on_request,
+            trace_configs=() if fleet is None else (fleet.trace_config(),),
         ) as uploader:
             worker = _worker(fleet, config, secrets, layout, store, uploader, metrics)
             metrics.watch(
