@@ -7,6 +7,7 @@ they hit a job mid-session rather than a moment in time.
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .test_worker import (
     WorkerProcess,
     http,  # noqa: F401 - a fixture
     poll,
+    scrape,
     submit,
     wait_for_states,
     worker_env,
@@ -285,6 +287,9 @@ async def test_readyz_says_not_ready_while_redis_is_unreachable(
             return resp.status, await resp.json()
 
     assert await readyz() == (200, {"status": "ready"})
+    assert replica.proc is not None
+    value = await scrape(http, replica.url)
+    assert value("target_info", replica=f"{socket.gethostname()}-{replica.proc.pid}") == 1
     redis_server.stop()
     assert await readyz() == (503, {"status": "shared store unreachable"})
     redis_server.start()

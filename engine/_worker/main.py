@@ -101,7 +101,7 @@ async def serve(
         log.info("replica %s of the fleet on redis", fleet.replica)
     else:
         store = JobStore(layout.table)
-    metrics = Metrics(config.max_metric_accounts)
+    metrics = Metrics(config.max_metric_accounts, fleet.replica if fleet else None)
     try:
         async with Uploader(
             api_base=config.api_base,
