@@ -151,8 +151,6 @@ class FleetWorker(Worker):
             timers=PartialTimersDict(
                 sweep=max(1, int(fleet.lease_s / 4)), abort=1, schedule=1, worker_info=10
             ),
-            # Our drain stops the jobs; saq then only has to let them return.
-            shutdown_grace_period_s=int(self._config.grace_s) + 1,
         )
         self._saq.SIGNALS = []  # the worker's own handlers drain; saq's would stop at once
         self._saq_task: asyncio.Task[None] | None = None
@@ -205,6 +203,7 @@ class FleetWorker(Worker):
                 log.warning("job cancelled before it started; nothing was sent")
 
     async def drain(self, grace_s: float) -> None:
+        """Our drain stops the jobs (as on one host); then saq's loops, which only wait."""
         await super().drain(grace_s)
         await self._saq.stop()
         if self._saq_task is not None:
