@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fake Graph API: {api_base}", flush=True)
         fleet = LocalFleet(Path(tmp), api_base, args.replicas)
         try:
-            fleet.start()
+            # The fake takes any token; a real API gets the caller's own.
+            fleet.start({"META_ACCESS_TOKEN": os.environ.get("META_ACCESS_TOKEN", "fake-token")})
             print(f"redis: {fleet.redis_url}", flush=True)
             for n, url in enumerate(fleet.urls):
                 print(f"replica {n}: {url}  (input files go under {tmp})", flush=True)
