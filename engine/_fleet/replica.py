@@ -139,6 +139,7 @@ class FleetWorker(Worker):
         super().__init__(*args)
         self._fleet = fleet
         self._tokens: dict[str, int] = {}
+        self._leases: dict[str, Lease] = {}
         self._beats = max(1.0, fleet.lease_s / 4)
         self._pending: set[asyncio.Task[None]] = set()
         self._release = fleet.aio.register_script(_RELEASE)
@@ -225,7 +226,7 @@ class FleetWorker(Worker):
         self._live[job_id] = live
         # Good for less than the lease: the others' view of it starts from a later beat.
         lease = Lease(live.stop, time.monotonic() + self._fleet.lease_s - self._beats)
-        self._fleet.leases[job.audience_id] = lease
+        self._leases[job_id] = lease  # checked on its requests once it has the audience
         beat = asyncio.create_task(self._beat(live, lease, ctx.get("job"), token))
         try:
             if await fleet.aio.exists(fleet.cancel_key(job_id)):
@@ -241,6 +242,7 @@ class FleetWorker(Worker):
                 del self._fleet.leases[job.audience_id]
             self._live.pop(job_id, None)
             self._tokens.pop(job_id, None)
+            self._leases.pop(job_id, None)
         stored = fleet.store.get(job_id)
         if stored is not None and stored.state == "interrupted" and self.draining:
             raise _Requeue(f"job {job_id} stopped by a drain")
@@ -281,6 +283,7 @@ class FleetWorker(Worker):
             if self._first_of_audience(job) and await fleet.aio.set(key, value, nx=True, px=ttl_ms):
                 break
             await asyncio.sleep(0.2)  # another job of the audience is running somewhere
+        self._fleet.leases[job.audience_id] = self._leases[job.id]
         renew = asyncio.create_task(self._renew_lock(key, value, ttl_ms))
         try:
             yield
