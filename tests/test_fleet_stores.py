@@ -62,3 +62,20 @@ def test_checkpoint_survives_a_redis_restart(server: RedisServer) -> None:
     server.start()
     record = RedisCheckpoint(connect(server.url), "j").load()
     assert record is not None and set(record.batches) == {1}
+
+
+def test_a_job_state_is_written_only_under_the_current_token(server: RedisServer) -> None:
+    from engine._fleet.jobs import RedisJobStore
+    from engine._worker.jobs import Job
+
+    client = connect(server.url)
+    store = RedisJobStore(client)
+    options = {"audience": "a", "ad_account": "act_1"}
+    store.add(Job("j", "queued", "path", "/in.csv", options))
+    client.set("lease", 2)
+    assert store.update_if("j", "interrupted", fence=("lease", 1)) is None
+    assert store.update_if("j", "running", fence=("lease", 2)) is not None
+    assert store.update_if("j", "cancelled", from_states=("queued",)) is None
+    done = store.update_if("j", "completed", report={"rows": 1}, fence=("lease", 2))
+    assert done is not None and done.report == {"rows": 1}
+    assert store.counts()["completed"] == 1 and store.counts()["running"] == 0
