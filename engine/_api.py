@@ -24,7 +24,7 @@ from ._pipeline.run import RequestHook, run_job
 from ._pipeline.sender import RetryPolicy
 from ._quota.limiter import LimiterConfig, LimiterRegistry
 from ._report import ProgressFn, Report
-from ._resume.checkpoint import acks_from_report
+from ._resume.checkpoint import CheckpointStore, acks_from_report
 
 __all__ = ["UploadOptions", "Uploader", "upload", "upload_sync"]
 
@@ -60,7 +60,7 @@ class UploadOptions(_Target, total=False):
     max_retries: int
     connect_timeout_s: float
     read_timeout_s: float
-    checkpoint: str | os.PathLike[str] | None
+    checkpoint: str | os.PathLike[str] | CheckpointStore | None
     restart: bool
     session_window_s: float
     state_dir: str | os.PathLike[str] | None
@@ -98,6 +98,7 @@ class Uploader:
         limiters: LimiterRegistry | None = None,
         max_connections: int = 64,
         on_request: RequestHook | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
         self._token = access_token or os.environ.get("META_ACCESS_TOKEN")
         self._app_secret = app_secret or os.environ.get("META_APP_SECRET")
@@ -106,6 +107,7 @@ class Uploader:
         self._limiters = limiters or LimiterRegistry(limits or LimiterConfig())
         self._max_connections = max_connections
         self._on_request = on_request
+        self._trace_configs = list(trace_configs)  # a fleet's lease check before each request
         self._http: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:  # the token stays out of reprs and tracebacks
@@ -138,7 +140,9 @@ class Uploader:
             connector = aiohttp.TCPConnector(limit=self._max_connections)
             # Timeouts are per request (per job); the pool itself never times out.
             self._http = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
+                trace_configs=self._trace_configs or None,
             )
         return self._http
 
@@ -165,7 +169,7 @@ class Uploader:
         max_retries: int = 8,
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 120.0,
-        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint: str | os.PathLike[str] | CheckpointStore | None = None,
         restart: bool = False,
         session_window_s: float = SESSION_WINDOW_S,
         state_dir: str | os.PathLike[str] | None = None,
@@ -247,7 +251,8 @@ class Uploader:
             max_retries=max_retries,
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,
-            checkpoint=os.fspath(checkpoint) if checkpoint is not None else None,
+            checkpoint=_checkpoint_name(checkpoint),
+            checkpoint_store=None if isinstance(checkpoint, str | os.PathLike) else checkpoint,
             restart=restart,
             session_window_s=session_window_s,
             state_dir=os.fspath(state_dir) if state_dir is not None else None,
@@ -333,3 +338,10 @@ def upload_sync(
     return asyncio.run(
         upload(source, api_base=api_base, api_version=api_version, limits=limits, **options)
     )
+
+
+def _checkpoint_name(checkpoint: str | os.PathLike[str] | CheckpointStore | None) -> str | None:
+    """A checkpoint file's path, or how a store other than a file names itself."""
+    if checkpoint is None or isinstance(checkpoint, str | os.PathLike):
+        return None if checkpoint is None else os.fspath(checkpoint)
+    return checkpoint.label

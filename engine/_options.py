@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ._errors import ConfigError
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
 from ._graph.facts import MAX_BATCH_ROWS, SESSION_WINDOW_S
-from ._resume.checkpoint import Acknowledgement
+from ._resume.checkpoint import Acknowledgement, CheckpointStore
 
 JobMode = Literal["add", "remove", "replace", "mirror"]
 MODES: tuple[JobMode, ...] = ("add", "remove", "replace", "mirror")
@@ -238,6 +238,8 @@ class UploadJob:
     )
     # Acknowledgements a failed run could not record: added to the checkpoint on resuming.
     unrecorded_batches: tuple[Acknowledgement, ...] = ()
+    # A checkpoint kept elsewhere than a file (a fleet's, in Redis); `checkpoint` names it.
+    checkpoint_store: CheckpointStore | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):

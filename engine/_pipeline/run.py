@@ -38,7 +38,7 @@ from .._inspect.run import Inspector
 from .._options import UploadJob, new_session_id
 from .._quota.limiter import AccountLimiter
 from .._report import ProgressFn, Report, Status, Tally
-from .._resume.checkpoint import Checkpoint, ack_to_report
+from .._resume.checkpoint import Checkpoint, CheckpointStore, ack_to_report
 from .._resume.journal import Journal
 from .._rows import EncodedChunk
 from .batcher import Batch
@@ -317,7 +317,7 @@ def _journal(job: UploadJob, schema: Schema, source: InputFile) -> Iterator[Jour
     ).decode()
     fingerprint = source.fingerprint()
     try:
-        checkpoint = Checkpoint(job.checkpoint)
+        checkpoint = job.checkpoint_store or Checkpoint(job.checkpoint)
     except (sqlite3.Error, OSError) as exc:
         raise InputError(f"checkpoint {job.checkpoint} cannot be used ({exc})") from None
     try:
@@ -328,7 +328,7 @@ def _journal(job: UploadJob, schema: Schema, source: InputFile) -> Iterator[Jour
 
 
 def _load_journal(
-    job: UploadJob, checkpoint: Checkpoint, identity: str, fingerprint: str
+    job: UploadJob, checkpoint: CheckpointStore, identity: str, fingerprint: str
 ) -> Journal:
     """The journal of the job `checkpoint` holds (a new one unless resuming), with the
     acknowledgements an earlier run could not record added, and a session open."""

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .._errors import ConfigError
 
@@ -177,6 +177,52 @@ def open_state_db(path: Path, schema: str, synchronous: str) -> sqlite3.Connecti
     return db
 
 
+class CheckpointStore(Protocol):
+    """Where one job's progress is kept: a local SQLite file (`Checkpoint`) or Redis, shared
+    by a fleet (`engine._fleet.checkpoint.RedisCheckpoint`). A write that cannot be made
+    raises OSError or sqlite3.Error; tests/contracts holds what any store must do."""
+
+    @property
+    def label(self) -> str:
+        """Names the store in messages (a path, a job id; never a secret)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def load(self) -> JobRecord | None:
+        """The job recorded here, or None for a new store."""
+        ...
+
+    def start(self, identity: str, fingerprint: str) -> None:
+        """Forget whatever was here and record a new job."""
+        ...
+
+    def add_session(self, session_id: int, mode: str, first_batch: int) -> None: ...
+
+    def start_over(self, session_id: int, mode: str) -> None:
+        """Forget every acknowledged batch and add a session for them all, at once."""
+        ...
+
+    def session_started(self, session_id: int) -> float:
+        """Record (once) when the session's first batch went out; returns that time."""
+        ...
+
+    def acknowledged(self, acks: Sequence[Acknowledgement]) -> None:
+        """Record acknowledged batches at once; with none, a write all the same."""
+        ...
+
+    def finish(self, state: str, retries: int, throttled: int) -> None: ...
+
+
+def sessions_in_order(sessions: list[SessionRecord]) -> list[SessionRecord]:
+    """Sessions in the order they were opened: sessions of a replace that started over all
+    begin at batch 1, and only the newest can be not yet started."""
+    return sorted(
+        sessions,
+        key=lambda s: (s.first_batch, s.started_at is None, s.started_at or 0.0),
+    )
+
+
 class Checkpoint:
     """One job's checkpoint file. Not shared between processes; one writer at a time."""
 
@@ -187,6 +233,10 @@ class Checkpoint:
         # NORMAL loses at most the last transactions on power loss, never consistency;
         # a lost acknowledgement only means that batch is sent again, which is allowed.
         self._db = open_state_db(self.path, _SCHEMA, "NORMAL")
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
 
     def close(self) -> None:
         self._db.close()

@@ -22,7 +22,7 @@ from .._pipeline.batcher import Batch
 from .checkpoint import (
     Acknowledgement,
     BatchRecord,
-    Checkpoint,
+    CheckpointStore,
     JobRecord,
     SessionRecord,
     batch_digest,
@@ -38,7 +38,7 @@ class Journal:
 
     def __init__(
         self,
-        checkpoint: Checkpoint | None,
+        checkpoint: CheckpointStore | None,
         record: JobRecord | None,
         *,
         clock: Callable[[], float] = time.time,
@@ -149,9 +149,9 @@ class Journal:
         learn whether the checkpoint takes writes. Raises CheckpointError."""
         self._write(None)
 
-    def _write(self, then: Callable[[Checkpoint], T] | None) -> T | None:
+    def _write(self, then: Callable[[CheckpointStore], T] | None) -> T | None:
         """Record the unrecorded acknowledgements, then do `then` on the checkpoint (with
-        none: nothing). CheckpointError, naming the file and SQLite's reason, if either fails."""
+        none: nothing). CheckpointError, naming the store and its reason, if either fails."""
         checkpoint = self._checkpoint
         if checkpoint is None:
             return None
@@ -162,5 +162,5 @@ class Journal:
             return None if then is None else then(checkpoint)
         except (sqlite3.Error, OSError) as exc:
             raise CheckpointError(
-                f"checkpoint {checkpoint.path} cannot be written ({exc})"
+                f"checkpoint {checkpoint.label} cannot be written ({exc})"
             ) from None

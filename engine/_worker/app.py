@@ -197,6 +197,8 @@ class _Api:
     async def readyz(self, request: web.Request) -> web.Response:
         if self._worker.draining:
             return web.json_response({"status": "draining"}, status=503)
+        if not await self._worker.ready():
+            return web.json_response({"status": "shared store unreachable"}, status=503)
         return web.json_response({"status": "ready"})
 
     async def metrics(self, request: web.Request) -> web.Response:

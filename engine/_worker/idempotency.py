@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .intake import Refusal
-from .jobs import Job, JobStore
+from .jobs import Job, JobTable
 
 __all__ = ["HEADER", "KEY_TTL_S", "Claim", "Idempotency"]
 
@@ -44,7 +44,7 @@ class Claim:
 class Idempotency:
     """The keys of `POST /jobs` requests: those in the job store, and those being handled."""
 
-    def __init__(self, store: JobStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: JobTable, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
         self._busy: set[str] = set()

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -93,6 +93,47 @@ class Job:
             "report": None if self.state == "running" else self.report,
             "error": self.error,
         }
+
+
+class JobTable(Protocol):
+    """Where a worker keeps its jobs: a SQLite file (`JobStore`) for one host, Redis
+    (`engine._fleet.jobs.RedisJobStore`) for a fleet. tests/contracts holds what any must do."""
+
+    def close(self) -> None: ...
+
+    def add(self, job: Job) -> Job:
+        """Store a new job; returns it as stored (with its times)."""
+        ...
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def update(
+        self,
+        job_id: str,
+        state: State,
+        *,
+        report: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> Job:
+        """Set the state; a report or error given replaces the stored one."""
+        ...
+
+    def jobs(self, state: State | None = None, limit: int = 100) -> list[Job]:
+        """Newest first."""
+        ...
+
+    def unfinished(self) -> list[Job]:
+        """Jobs to resume, oldest first."""
+        ...
+
+    def count(self, states: tuple[State, ...]) -> int: ...
+
+    def by_idempotency_key(self, key: str, since: float) -> Job | None:
+        """The newest job accepted at or after `since` (epoch seconds) with this key."""
+
+    def counts(self) -> dict[State, int]:
+        """Jobs by state, every state present."""
+        ...
 
 
 class JobStore:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ import ssl
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -39,7 +41,7 @@ from .._api import Uploader
 from .._errors import ConfigError
 from .app import make_app
 from .intake import Intake
-from .jobs import JobStore
+from .jobs import JobStore, JobTable
 from .scheduler import Worker
 from .settings import (
     Layout,
@@ -52,6 +54,9 @@ from .settings import (
 )
 from .telemetry import AccessLog, JobGauges, Metrics, setup_logging
 
+if TYPE_CHECKING:
+    from .._fleet.replica import Fleet
+
 __all__ = ["main"]
 
 
@@ -59,6 +64,7 @@ log = logging.getLogger("engine.worker")
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+REDIS_URL_ENV = "AUDIENCE_ENGINE_REDIS_URL"
 
 
 @contextlib.contextmanager
@@ -85,8 +91,17 @@ async def serve(
     config: WorkerConfig, secrets: Secrets, layout: Layout, tls: ssl.SSLContext | None = None
 ) -> int:
     """Run until SIGTERM or SIGINT, then drain; the exit code."""
-    store = JobStore(layout.table)
-    metrics = Metrics(config.max_metric_accounts)
+    fleet = None
+    store: JobTable
+    if config.redis_url:
+        from .._fleet.replica import Fleet  # the fleet extra: imported only when asked for
+
+        fleet = Fleet(config.redis_url, config.lease_s)
+        store = fleet.store
+        log.info("replica %s of the fleet on redis", fleet.replica)
+    else:
+        store = JobStore(layout.table)
+    metrics = Metrics(config.max_metric_accounts, fleet.replica if fleet else None)
     try:
         async with Uploader(
             api_base=config.api_base,
@@ -94,8 +109,9 @@ async def serve(
             limits=config.limits,
             app_secret=secrets.app_secret,
             on_request=metrics.on_request,
+            trace_configs=() if fleet is None else (fleet.trace_config(),),
         ) as uploader:
-            worker = Worker(config, secrets, layout, store, uploader, metrics)
+            worker = _worker(fleet, config, secrets, layout, store, uploader, metrics)
             metrics.watch(
                 JobGauges(store.counts, worker.waiting, worker.running, worker.pending_batches)
             )
@@ -118,7 +134,17 @@ async def serve(
             finally:
                 await runner.cleanup()
     finally:
+        if fleet is not None:
+            await fleet.close()
         store.close()
+
+
+def _worker(fleet: Fleet | None, *args: Any) -> Worker:
+    if fleet is None:
+        return Worker(*args)
+    from .._fleet.replica import FleetWorker
+
+    return FleetWorker(fleet, *args)
 
 
 async def _run_site(
@@ -152,10 +178,18 @@ def main(argv: list[str]) -> int:
         prog="audience-engine worker", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--config", required=True, help="the worker's TOML config file")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get(REDIS_URL_ENV),
+        help=f"run as one replica of the fleet on this Redis (also {REDIS_URL_ENV} or the "
+        "config's redis-url); without it, the single-host worker",
+    )
     args = parser.parse_args(argv)
     setup_logging("info")  # until the config says otherwise: its warnings are JSON too
     try:
         config = load_config(Path(args.config))
+        if args.redis_url:
+            config = dataclasses.replace(config, redis_url=args.redis_url)
         secrets = load_secrets(config.secrets_file, os.environ)
         check_exposure(config, secrets)
         tls = tls_context(config)

@@ -11,13 +11,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from .._api import Uploader
 from .._errors import InputError
 from .._report import Progress, ProgressFn
+from .._resume.checkpoint import CheckpointStore
 from .intake import Refusal, open_allowed, with_intake
-from .jobs import UNFINISHED, Job, JobStore, State
+from .jobs import UNFINISHED, Job, JobTable, State
 from .settings import Layout, Secrets, WorkerConfig
 from .telemetry import Metrics, job_context
 
@@ -68,7 +70,7 @@ class Worker:
         config: WorkerConfig,
         secrets: Secrets,
         layout: Layout,
-        store: JobStore,
+        store: JobTable,
         uploader: Uploader,
         metrics: Metrics,
     ) -> None:
@@ -84,7 +86,7 @@ class Worker:
         self.draining = False
 
     @property
-    def store(self) -> JobStore:
+    def store(self) -> JobTable:
         return self._store
 
     def waiting(self) -> int:
@@ -190,9 +192,10 @@ class Worker:
     async def _run_job(self, live: _Live) -> None:
         job = live.job
         try:
-            async with self._audiences.hold(job.audience_id), self._slots:
+            async with self._turn(job):
                 live.started = True
-                self._store.update(job.id, "running")
+                if not self._record(job, "running", None, None):
+                    return  # another replica's job now
                 log.info(
                     "job started: %s to audience %s",
                     job.options.get("mode", "add"),
@@ -207,6 +210,15 @@ class Worker:
                 self._settle(job, "interrupted", None, None)
             raise
         self._settle(job, state, report, error)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, job: Job) -> AsyncIterator[None]:
+        """Wait for the job's turn: its audience free, then a slot."""
+        async with self._audiences.hold(job.audience_id), self._slots:
+            yield
+
+    def _checkpoint(self, job: Job) -> CheckpointStore | Path:
+        return self._layout.checkpoint(job.id)
 
     async def _upload(self, live: _Live) -> tuple[State, dict[str, Any] | None, str | None]:
         job = live.job
@@ -223,7 +235,7 @@ class Worker:
                 source,
                 **job.options,
                 access_token=self._secrets.token_for(job.ad_account),
-                checkpoint=self._layout.checkpoint(job.id),
+                checkpoint=self._checkpoint(job),
                 state_dir=self._layout.root,  # a mirror's state, beside the worker's own
                 restart=False,
                 connect_timeout_s=self._config.connect_timeout_s,
@@ -256,10 +268,23 @@ class Worker:
 
         return update
 
+    async def ready(self) -> bool:
+        """Whether the job table can be reached (a local file always can)."""
+        return True
+
+    def _record(
+        self, job: Job, state: State, report: dict[str, Any] | None, error: str | None
+    ) -> bool:
+        """Store the job's state; False when this process may no longer (a fleet's job
+        taken over by another replica)."""
+        self._store.update(job.id, state, report=report, error=error)
+        return True
+
     def _settle(
         self, job: Job, state: State, report: dict[str, Any] | None, error: str | None
     ) -> None:
-        self._store.update(job.id, state, report=report, error=error)
+        if not self._record(job, state, report, error):
+            return
         level = logging.INFO if state in ("completed", "interrupted") else logging.WARNING
         # A cancel's message says "cancelled" itself.
         said = (

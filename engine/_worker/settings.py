@@ -135,6 +135,10 @@ class WorkerConfig:
     read_timeout_s: float = 120.0
     limits: LimiterConfig = field(default_factory=LimiterConfig)
     job_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # A fleet: the Redis that replicas share (jobs, checkpoints, locks); None: one host.
+    redis_url: str | None = None
+    # A replica silent this long loses its jobs to the others.
+    lease_s: float = 15.0
 
 
 _SCALARS: dict[str, type | tuple[type, ...]] = {
@@ -152,6 +156,8 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "log_level": str,
     "connect_timeout_s": (int, float),
     "read_timeout_s": (int, float),
+    "redis_url": str,
+    "lease_s": (int, float),
 }
 
 
@@ -213,6 +219,8 @@ def load_config(path: Path) -> WorkerConfig:
         raise ConfigError(f"{', '.join(timeouts)} must be above 0")
     if config.max_queued_jobs < 1 or config.max_metric_accounts < 1:
         raise ConfigError("max_queued_jobs and max_metric_accounts must be at least 1")
+    if not 4 <= config.lease_s <= 600:
+        raise ConfigError("lease_s must be 4..600 seconds")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls_cert and tls_key go together: set both or neither")
     if logging.getLevelName(config.log_level.upper()) not in range(0, 51):

@@ -234,8 +234,11 @@ class Metrics:
     """The worker's Prometheus metrics, in a registry of its own (not the global one), with
     at most `max_accounts` distinct ad_account labels (the rest are OTHER_ACCOUNTS)."""
 
-    def __init__(self, max_accounts: int) -> None:
+    def __init__(self, max_accounts: int, replica: str | None = None) -> None:
         self.registry = CollectorRegistry()
+        if replica is not None:
+            # A fleet: target_info{replica=...} names the replica every series here is from.
+            self.registry.set_target_info({"replica": replica})
         self._label = _AccountLabels(max_accounts)
         # The process's own: CPU, memory, open files, GC, the Python version.
         prometheus_client.ProcessCollector(registry=self.registry)
