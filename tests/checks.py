@@ -1,4 +1,4 @@
-"""Assertions shared by the end-to-end tests: what the fake saw against SPEC section 2."""
+"""Assertions shared by the end-to-end tests: what the fake saw against the session rules (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def expected_rows(path: Path, schema: str | None = None) -> set[tuple[Any, ...]]
 
 
 def check_session(fake: FakeGraph, report: dict[str, Any], *, replace: bool = False) -> None:
-    """SPEC section 2, from what the fake saw."""
+    """The session rules (docs/protocol.md), from what the fake saw."""
     sid = report["session_id"]
     entries = [e for e in fake.log if e.session_id == sid]
     acked = [e for e in entries if e.outcome == "ok"]

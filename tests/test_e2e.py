@@ -118,7 +118,7 @@ async def test_gzip_jsonl_input(fake: FakeGraph, tmp_path: Path) -> None:
     check_session(fake, run.report)
 
 
-# -- bad input (SPEC section 4) ---------------------------------------------------------
+# -- bad input ----------------------------------------------------------------------
 
 
 async def test_messy_file_counts_every_row_and_never_writes_values(

@@ -186,7 +186,7 @@ async def test_num_received_is_cumulative_and_a_resent_batch_counts_once(env: En
     assert env.graph.members(AUD) == as_members(first + second)
     sess = env.graph.session(AUD, 7)
     assert sess is not None and sess.num_received == 5 and sess.acked == {1, 2}
-    # Re-sending an acknowledged batch breaks SPEC 2.2, and the fake says so.
+    # Re-sending an acknowledged batch breaks the session rules, and the fake says so.
     assert len(env.graph.violations) == 1
     assert "re-sent after it was acknowledged" in env.graph.violations[0]
 

@@ -1,4 +1,4 @@
-"""Normalization and hashing by Meta's customer-file rules (SPEC section 8)."""
+"""Normalization and hashing by Meta's customer-file rules (docs/normalization.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""engine._input.files: every input row lands once, as a value row or a reject (SPEC section 4)."""
+"""The file readers: every input row lands once, as a value row or a reject."""
 
 from __future__ import annotations
 

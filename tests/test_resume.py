@@ -156,7 +156,7 @@ def check_resumed(
     assert {e.batch_seq for e in flagged} == {n}
     assert flagged[-1].outcome == "ok" and flagged[-1] is entries[-1]
     # Requests in flight at the kill may have been answered to a dead process; their
-    # re-send is the one repeat allowed (SPEC section 2, point 2).
+    # re-send is the one repeat allowed (docs/protocol.md).
     in_flight = {e.batch_seq for e in fake.log[:first_run]} - acked_before
     for violation in fake.violations:
         assert "re-sent after it was acknowledged" in violation, violation

@@ -251,7 +251,7 @@ def check_resumed(fake: FakeGraph, report: dict[str, Any]) -> None:
 
 def violations_only_from_the_kill(fake: FakeGraph) -> None:
     # A request in flight at the kill may have been applied with its reply lost: its
-    # re-send is the one repeat SPEC section 2 allows.
+    # re-send is the one repeat the protocol allows.
     for violation in fake.violations:
         assert "re-sent after it was acknowledged" in violation, violation
 

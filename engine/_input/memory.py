@@ -2,7 +2,7 @@
 
 `open_source` (and `aopen_source`, which also takes async iterables) turns each kind into an
 InputFile, so the pipeline reads them all alike. In-memory sources follow the readers'
-rules (SPEC section 4): every row keeps its 1-based number and ends up exactly once in a
+rules: every row keeps its 1-based number and ends up exactly once in a
 chunk's rows or rejects, and column binding (aliases, `column_map`) is InputFile.bind's.
 
 An item of an iterable may also be a `Reject` (engine.Reject): a row already rejected

@@ -58,7 +58,7 @@ class SessionCoordinator:
     At most `concurrency` sends run at once, holding at most `max_bytes` of batch data
     between them (a bigger batch goes alone).
 
-    Contract (SPEC section 2): the newest batch is always held back until the next one
+    Contract (docs/protocol.md): the newest batch is always held back until the next one
     arrives, so the coordinator knows which batch is last; the last batch is sent, with
     `last_batch_flag`, only after every other batch is acknowledged. With `first_alone`
     (replace), batch 1 is acknowledged before any other batch starts. When a send fails,

@@ -3,7 +3,7 @@
 It resumes from the journal (acknowledged batches are skipped, never sent twice), starts
 a new session when the current one is past Meta's window, and closes a replace early
 when its window is about to end, then adds the rest in a new session once the audience
-is out of `replace_in_progress` (SPEC section 2, point 4).
+is out of `replace_in_progress` (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ CUT_AT = 0.9
 SETTLE_POLL_MAX_S = 30.0
 # How many times a replace that Meta failed (2650/1870148) is tried again in a new session.
 MAX_REPLACE_RETRIES = 2
-# What the engine says when a replace error stops the job (SPEC section 3), besides Meta's.
+# What the engine says when a replace error stops the job, besides Meta's (docs/protocol.md).
 REPLACE_STOPS = {
     REPLACE_TOO_LARGE: "replace is not available for audiences of 100 million or more; "
     "use add/remove",

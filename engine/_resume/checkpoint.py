@@ -3,7 +3,7 @@
 The file keeps the job's identity, a fingerprint of its input, its sessions and, for every
 acknowledged batch, the batch's number, row count, the API's counts and a digest of its
 hashed payload (which lets a resume notice input that changed under it). Never a raw
-identifier, never a token (SPEC section 5). Every acknowledgement is one transaction in
+identifier, never a token. Every acknowledgement is one transaction in
 WAL mode, so a kill at any instant leaves the file consistent: a batch is either recorded
 as acknowledged or it is sent again with the same `batch_seq`.
 """

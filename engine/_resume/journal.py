@@ -5,7 +5,7 @@ runs in one session, where `batch_seq` equals that number. A job gets a further 
 when its session can no longer take batches (Meta's 90-minute window, or a replace that
 had to close early): the new session numbers the batches still unacknowledged from 1,
 in input order. That numbering depends only on what earlier sessions acknowledged, so a
-resumed job sends every batch with the same `batch_seq` as before (SPEC section 2).
+resumed job sends every batch with the same `batch_seq` as before (docs/protocol.md).
 """
 
 from __future__ import annotations

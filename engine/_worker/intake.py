@@ -3,7 +3,7 @@
 A JSON body names an input path under the worker's input-dirs; a CSV or JSON Lines body
 carries the rows themselves, with the options in the query string. Body rows are normalized
 and hashed here, in memory, with the engine's own rules, and only the hashes are written to
-the state dir (SPEC section 5): the job then uploads them with `prehashed=True`, and resumes
+the state dir: the job then uploads them with `prehashed=True`, and resumes
 from them after a restart like any file.
 """
 
@@ -72,7 +72,7 @@ _BODY_FORMATS = {
     "application/x-jsonlines": "jsonl",
 }
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
-# Keys sent as plain text (SPEC section 8): hashing on arrival cannot keep them off disk.
+# Keys sent as plain text (docs/normalization.md): hashing on arrival cannot keep them off disk.
 _PLAIN_IDENTIFIERS = frozenset({"MADID", "EXTERN_ID"})
 
 

@@ -2,7 +2,7 @@
 
 A job row holds what to upload and how (the upload options, the input path), its state and,
 once it ends, its report. Never a token and never a raw identifier: body rows are hashed on
-arrival and kept in a file of their own, which the row only names (SPEC section 5).
+arrival and kept in a file of their own, which the row only names.
 """
 
 from __future__ import annotations
