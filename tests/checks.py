@@ -1,4 +1,4 @@
-"""Assertions shared by the end-to-end tests: what the fake saw against the session rules (docs/protocol.md)."""
+"""Assertions shared by the end-to-end tests: what the fake saw, against the session rules."""
 
 from __future__ import annotations
 
