@@ -111,3 +111,12 @@ def test_a_config_file_sets_options_by_their_long_names(tmp_path: Path) -> None:
         "read_timeout_s": 5.0,
         "column_map": {"EMAIL": "mail"},
     }
+
+
+def test_the_worker_takes_the_options_the_table_allows_it() -> None:
+    from engine._worker.intake import _FIELDS, job_option
+
+    allowed = {o.keyword for o in job_options() if o.worker}
+    assert set(_FIELDS) == allowed | {"input"}
+    assert "checkpoint" not in _FIELDS and "session_window_s" not in _FIELDS
+    assert job_option("max_removal_share", 1) == 1.0  # a JSON integer for a float option

@@ -10,6 +10,7 @@ from them after a restart like any file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import errno
 import io
@@ -32,7 +33,7 @@ from .._hashing.encode import normalize_chunk
 from .._hashing.schema import NormalizeOptions, Schema
 from .._input.memory import Rows, open_source
 from .._input.source import InputFile
-from .._options import UploadJob
+from .._options import UploadJob, job_options
 from .jobs import Job
 
 __all__ = ["Intake", "Refusal", "job_option", "open_allowed", "with_intake"]
@@ -50,21 +51,10 @@ class Refusal(Exception):
 
 # Job request fields and their JSON types. Upload options only: never a token.
 _FIELDS: dict[str, type] = {
-    "audience": str,
-    "ad_account": str,
     "input": str,
-    "mode": str,
-    "schema": str,
-    "column_map": dict,
-    "format": str,
-    "prehashed": bool,
-    "default_country_code": str,
-    "batch_size": int,
-    "concurrency": int,
-    "allow_empty_replace": bool,
-    "max_retries": int,
+    **{opt.keyword: opt.kind for opt in job_options() if opt.worker},
 }
-_KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 _BODY_FORMATS = {
     "text/csv": "csv",
     "application/x-ndjson": "jsonl",
@@ -89,7 +79,9 @@ def job_option(name: str, value: Any) -> Any:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise Refusal(400, f"{name} must be an object of KEY: column")
         return {k.upper(): v for k, v in value.items()}
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if kind is float and type(value) is int:
+        value = float(value)
+    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
         raise Refusal(400, f"{name} must be {_KIND_NAMES[kind]}")
     return value
 
@@ -112,6 +104,9 @@ def _query_options(query: MultiMapping[str]) -> dict[str, Any]:
             value = text.lower() in _TRUE
         elif kind is int and text.isdigit():
             value = int(text)
+        elif kind is float:
+            with contextlib.suppress(ValueError):
+                value = float(text)
         options[name] = job_option(name, value)
     return options
 
