@@ -36,7 +36,7 @@ from .._input.files import reopen_input
 from .._input.source import InputFile
 from .._inspect.run import Inspector
 from .._options import UploadJob, new_session_id
-from .._quota.limiter import AccountLimiter
+from .._quota.account import AccountQuota
 from .._report import ProgressFn, Report, Status, Tally
 from .._resume.checkpoint import Checkpoint, CheckpointStore, ack_to_report
 from .._resume.journal import Journal
@@ -68,7 +68,7 @@ async def run_job(
     job: UploadJob,
     source: InputFile,
     client: GraphClient | None,
-    limiter: AccountLimiter,
+    limiter: AccountQuota,
     *,
     retry: RetryPolicy,
     progress: ProgressFn | None = None,
@@ -149,7 +149,7 @@ class _Run:
 
     job: UploadJob
     client: GraphClient | None
-    limiter: AccountLimiter
+    limiter: AccountQuota
     journal: Journal
     schema: Schema
     retry: RetryPolicy

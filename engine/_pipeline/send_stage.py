@@ -31,7 +31,7 @@ from .._graph.client import GraphClient, Mode
 from .._graph.facts import REPLACE_ERROR_CODE, REPLACE_NO_FIRST_BATCH, REPLACE_TOO_LARGE
 from .._hashing.schema import Schema
 from .._options import UploadJob, new_session_id
-from .._quota.limiter import AccountLimiter
+from .._quota.account import AccountQuota
 from .._report import Tally
 from .._resume.checkpoint import batch_digest
 from .._resume.journal import Journal
@@ -65,7 +65,7 @@ class SendContext:
 
     job: UploadJob
     client: GraphClient
-    limiter: AccountLimiter
+    limiter: AccountQuota
     tally: Tally
     journal: Journal
     schema: Schema

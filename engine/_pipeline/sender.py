@@ -18,8 +18,8 @@ from .._graph.client import GraphClient, Mode
 from .._graph.facts import TRANSIENT_CODES
 from .._graph.usage import parse_usage
 from .._hashing.schema import Schema
+from .._quota.account import AccountQuota
 from .._quota.backoff import Backoff
-from .._quota.limiter import AccountLimiter
 from .._report import Tally
 from .._resume.journal import Journal
 from .batcher import Batch
@@ -68,7 +68,7 @@ class Sender:
     def __init__(
         self,
         client: GraphClient,
-        limiter: AccountLimiter,
+        limiter: AccountQuota,
         tally: Tally,
         journal: Journal,
         *,

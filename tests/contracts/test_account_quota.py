@@ -1,0 +1,68 @@
+"""What any ad-account limiter must do for the sender (in-process today; shared next), on
+virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from engine._graph.usage import Usage
+from engine._quota.account import AccountQuota
+from engine._quota.limiter import AccountLimiter, LimiterConfig
+
+Make = Callable[[LimiterConfig], AccountQuota]
+IMPLEMENTATIONS: dict[str, Make] = {"in-process": AccountLimiter}
+
+pytestmark = pytest.mark.looptime
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def make(request: pytest.FixtureRequest) -> Make:
+    return IMPLEMENTATIONS[request.param]
+
+
+async def passes(quota: AccountQuota, n: int) -> list[float]:
+    """n acquirers at once: the virtual time each got through, in order."""
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    async def one() -> None:
+        await quota.acquire()
+        times.append(loop.time())
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return times
+
+
+async def test_a_burst_goes_at_once_then_calls_are_paced(make: Make) -> None:
+    quota = make(LimiterConfig(rate=2.0, burst=2))
+    times = await passes(quota, 6)
+    assert times[:2] == [0.0, 0.0]
+    assert times[-1] >= 1.9  # 4 more at 2/s
+
+
+async def test_a_throttle_pauses_every_caller_for_the_regain_estimate(make: Make) -> None:
+    quota = make(LimiterConfig(rate=8.0, burst=8))
+    await passes(quota, 1)
+    assert quota.on_throttle(Usage(pct=70.0, regain_s=120.0)) == 120.0
+    assert quota.throttles == 1
+    assert min(await passes(quota, 3)) >= 120.0
+
+
+async def test_a_pause_is_capped_by_max_throttle_wait(make: Make) -> None:
+    quota = make(LimiterConfig(rate=8.0, max_throttle_wait_s=30.0))
+    await passes(quota, 1)
+    assert quota.on_throttle(Usage(pct=70.0, regain_s=3600.0)) == 30.0
+    times = await passes(quota, 2)
+    assert min(times) >= 30.0 and max(times) < 31.0
+
+
+async def test_successes_keep_the_pace_within_the_configured_rate(make: Make) -> None:
+    quota = make(LimiterConfig(rate=4.0, burst=1))
+    for _ in range(5):
+        await quota.acquire()
+        quota.on_success(Usage(pct=10.0))
+    assert 0 < quota.rate <= 4.0
+    assert quota.throttles == 0
