@@ -46,6 +46,8 @@ async def check_audience(
     resumes a replace session it left open, which only it can finish). Returns warnings.
     `rows`: about how many rows the input has."""
     audience = await _read(client, job.audience_id, sleep)
+    if audience is None:
+        return [f"audience {job.audience_id} could not be read before sending: not checked"]
     _refuse_wrong(audience, job, schema)
     deadline = clock() + max_wait_s
     pause = POLL_FIRST_S
@@ -63,24 +65,26 @@ async def check_audience(
         )
         await sleep(min(pause, left))
         pause = min(POLL_MAX_S, pause * 2)
-        audience = await _read(client, job.audience_id, sleep)
+        if (audience := await _read(client, job.audience_id, sleep)) is None:
+            return [f"audience {job.audience_id} could not be read while waiting: not checked"]
     return _size_warnings(audience, job, rows)
 
 
-async def _read(client: GraphClient, audience_id: str, sleep: Sleep) -> AudienceInfo:
+async def _read(client: GraphClient, audience_id: str, sleep: Sleep) -> AudienceInfo | None:
+    """The audience; None when the API gave no usable answer after a few tries (the
+    upload then meets the same API and fails or succeeds on its own retries)."""
     for attempt in range(TRIES):
         try:
             return await read_audience(client, audience_id)
         except TransportError:
-            if attempt == TRIES - 1:
-                raise InputError(f"audience {audience_id} cannot be read: no answer") from None
+            pass
         except ApiError as exc:
-            if exc.is_transient and attempt < TRIES - 1:
-                await sleep(POLL_FIRST_S)
-                continue
-            raise AudienceRefused(_denied(audience_id, exc)) from None
-        await sleep(POLL_FIRST_S)
-    raise AssertionError("unreachable")  # pragma: no cover
+            if not exc.is_transient:
+                raise AudienceRefused(_denied(audience_id, exc)) from None
+        if attempt < TRIES - 1:
+            await sleep(POLL_FIRST_S)
+    log.warning("audience %s could not be read (no answer): not checked", audience_id)
+    return None
 
 
 def _denied(audience_id: str, exc: ApiError) -> str:
