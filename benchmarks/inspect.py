@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.testing.sample import write_sample
+from engine.testing import write_sample
 
 
 def main() -> None:
