@@ -29,7 +29,7 @@ from ._hints import did_you_mean
 from ._options import Option, check_bounds, job_options
 from ._quota.limiter import LimiterConfig
 from ._report import Progress, ProgressFn, Report
-from ._resume.checkpoint import Checkpoint, default_path
+from ._status import default_checkpoint, default_checkpoints, job_status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 DEFAULT_GRACE_S = 30.0
@@ -233,52 +233,28 @@ def _upload_options(options: dict[str, Any]) -> dict[str, Any]:
     if options.get("no_checkpoint") or options.get("dry_run") or options.get("mode") == "mirror":
         kwargs.pop("checkpoint", None)
     elif not options.get("checkpoint"):
-        kwargs["checkpoint"] = _default_checkpoint(options)
+        kwargs["checkpoint"] = default_checkpoint(options)
     return kwargs
-
-
-def _default_checkpoint(options: dict[str, Any]) -> str:
-    """Where a job keeps its progress unless told: named by its input, audience, account, mode."""
-    source = options["input"]
-    where = source if source == "-" else os.path.abspath(source)
-    audience, account = options["audience_id"], options["ad_account"]
-    job = f"{where}|{audience}|{account}|{options.get('mode', 'add')}"
-    return str(default_path(job))
 
 
 def _status_command(args: argparse.Namespace) -> int:
     if args.list:
-        return _list_checkpoints()
+        _print_json(default_checkpoints())
+        return EXIT_OK
     options = _options(args)
-    if options.get("checkpoint"):
-        return _status(options["checkpoint"])
-    if not (options.get("input") and options.get("audience_id") and options.get("ad_account")):
+    if not options.get("checkpoint") and not (
+        options.get("input") and options.get("audience_id") and options.get("ad_account")
+    ):
         raise InputError(
             "status needs --checkpoint PATH, --list, or the upload's INPUT --audience "
             "--ad-account (and --mode) to find its checkpoint"
         )
-    return _status(_default_checkpoint(options))
-
-
-def _list_checkpoints() -> int:
-    """The default checkpoints, newest first: each one's path, job, state and last update."""
-    folder = default_path("").parent
-    paths = sorted(folder.glob("*.sqlite"), key=lambda p: p.stat().st_mtime, reverse=True)
-    listed = []
-    for path in paths if folder.is_dir() else []:
-        checkpoint = Checkpoint(str(path))
-        try:
-            record = checkpoint.load()
-        finally:
-            checkpoint.close()
-        if record is not None:
-            job = orjson.loads(record.identity)
-            state, updated = record.state, record.updated_at
-            listed.append(
-                {"checkpoint": str(path), "job": job, "state": state, "updated_at": updated}
-            )
-    sys.stdout.write(orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode() + "\n")
+    _print_json(job_status(options.get("checkpoint") or default_checkpoint(options)))
     return EXIT_OK
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def _limits(options: dict[str, Any]) -> LimiterConfig:
@@ -370,49 +346,6 @@ async def _upload(options: dict[str, Any]) -> int:
     return {"completed": EXIT_OK, "dry_run": EXIT_OK, "failed": EXIT_FAILED}.get(
         report.status, EXIT_INTERRUPTED
     )
-
-
-def _status(path: str) -> int:
-    """Print what a checkpoint says about its job, without touching the API."""
-    if not os.path.exists(path):
-        print(f"error: no checkpoint at {path}", file=sys.stderr)
-        return EXIT_USAGE
-    checkpoint = Checkpoint(path)
-    try:
-        record = checkpoint.load()
-    finally:
-        checkpoint.close()
-    if record is None:
-        print(f"error: {path} holds no job", file=sys.stderr)
-        return EXIT_USAGE
-    received: dict[int, int] = {}
-    for b in record.batches.values():
-        received[b.session_id] = max(received.get(b.session_id, 0), b.num_received or 0)
-    status = {
-        "job": orjson.loads(record.identity),
-        "state": record.state,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "sessions": [
-            {
-                "session_id": s.session_id,
-                "mode": s.mode,
-                "started_at": s.started_at,
-                "closed": s.closed,
-                "batches_acknowledged": sum(
-                    1 for b in record.batches.values() if b.session_id == s.session_id
-                ),
-            }
-            for s in record.sessions
-        ],
-        "batches_sent": len(record.batches),
-        "rows_sent": sum(b.rows for b in record.batches.values()),
-        "num_received": sum(received.values()),
-        "retries": record.retries,
-        "throttled": record.throttled,
-    }
-    sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
-    return EXIT_OK
 
 
 def _emit(report: Report, path: str | None) -> None:
