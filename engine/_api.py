@@ -10,7 +10,7 @@ import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import aiohttp
 
@@ -22,11 +22,26 @@ from ._mirror.mirror import run_mirror
 from ._options import DEFAULT_CONCURRENCY, JobMode, UploadJob
 from ._pipeline.run import RequestHook, run_job
 from ._pipeline.sender import RetryPolicy
+from ._quota.account import QuotaRegistry
 from ._quota.limiter import LimiterConfig, LimiterRegistry
 from ._report import ProgressFn, Report
 from ._resume.checkpoint import CheckpointStore, acks_from_report
 
+if TYPE_CHECKING:
+    from ._fleet.quota import SharedRegistry
+
 __all__ = ["UploadOptions", "Uploader", "upload", "upload_sync"]
+
+
+def _shared_registry(url: str, config: LimiterConfig) -> SharedRegistry:
+    """The Redis-backed registry; the fleet extra is imported only when a URL is given."""
+    try:
+        from ._fleet.quota import SharedRegistry
+    except ImportError:
+        raise InputError(
+            "a Redis URL needs the fleet extra: pip install 'audience-engine[fleet]'"
+        ) from None
+    return SharedRegistry(url, config)
 
 
 class _Target(TypedDict):
@@ -85,6 +100,10 @@ class Uploader:
     `META_ACCESS_TOKEN` and `META_APP_SECRET` environment variables and can be overridden
     per upload. `on_request` is called after every API request with its outcome
     ("ok", "throttled", "transient", "permanent" or "transport") and duration in seconds.
+
+    With `redis_url` (needs the `fleet` extra) each ad account's budget lives in that Redis
+    and is shared with every process given the same URL: other uploaders, CLI runs, a fleet
+    of workers. Without it the budget is this uploader's own.
     """
 
     def __init__(
@@ -95,7 +114,8 @@ class Uploader:
         api_base: str = DEFAULT_API_BASE,
         api_version: str = DEFAULT_API_VERSION,
         limits: LimiterConfig | None = None,
-        limiters: LimiterRegistry | None = None,
+        limiters: QuotaRegistry | None = None,
+        redis_url: str | None = None,
         max_connections: int = 64,
         on_request: RequestHook | None = None,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
@@ -104,6 +124,9 @@ class Uploader:
         self._app_secret = app_secret or os.environ.get("META_APP_SECRET")
         self._api_base = api_base
         self._api_version = api_version
+        self._shared: SharedRegistry | None = None
+        if limiters is None and redis_url:
+            self._shared = limiters = _shared_registry(redis_url, limits or LimiterConfig())
         self._limiters = limiters or LimiterRegistry(limits or LimiterConfig())
         self._max_connections = max_connections
         self._on_request = on_request
@@ -114,7 +137,7 @@ class Uploader:
         return f"Uploader(api_base={self._api_base!r}, api_version={self._api_version!r})"
 
     @property
-    def limiters(self) -> LimiterRegistry:
+    def limiters(self) -> QuotaRegistry:
         """The per-ad-account limiters this uploader's jobs share."""
         return self._limiters
 
@@ -134,6 +157,9 @@ class Uploader:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        if self._shared is not None:
+            await self._shared.close()
+            self._shared = None
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:

@@ -64,13 +64,18 @@ def _argument(opt: Option) -> dict[str, Any]:
 
 
 # Options an environment variable may set when neither the command line nor --config does.
-_ENV_DEFAULTS = {"api_base": "META_API_BASE", "api_version": "META_API_VERSION"}
+_ENV_DEFAULTS = {
+    "api_base": "META_API_BASE",
+    "api_version": "META_API_VERSION",
+    "redis_url": "AUDIENCE_ENGINE_REDIS_URL",
+}
 
 _UPLOAD_EPILOG = """\
 environment:
   META_ACCESS_TOKEN   the access token (required unless --dry-run; never on the command line)
   META_APP_SECRET     the app secret: turns on appsecret_proof (optional)
   META_API_BASE, META_API_VERSION   defaults of --api-base and --api-version
+  AUDIENCE_ENGINE_REDIS_URL   default of --redis-url
 
 exit codes:
   0  completed (or a dry run)
@@ -168,6 +173,12 @@ def _job_arguments(up: argparse.ArgumentParser, input_nargs: str) -> None:
         type=float,
         help=f"longest pause on a throttle, seconds (default {limits.max_throttle_wait_s:g})",
     )
+    up.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="share each ad account's quota through this Redis with every process given it "
+        "(other uploads, a fleet of workers); needs the fleet extra",
+    )
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     up.add_argument("-v", "--verbose", action="store_true", help="log retries and throttles")
 
@@ -180,6 +191,7 @@ _PROCESS_KEYS = {
     "rate": "rate",
     "burst": "burst",
     "max-throttle-wait": "max_throttle_wait",
+    "redis-url": "redis_url",
     "quiet": "quiet",
     "verbose": "verbose",
 }
@@ -305,6 +317,7 @@ async def _upload(options: dict[str, Any]) -> int:
         api_base=options.get("api_base") or env["api_base"] or DEFAULT_API_BASE,
         api_version=options.get("api_version") or env["api_version"] or DEFAULT_API_VERSION,
         limits=_limits(options),
+        redis_url=options.get("redis_url") or env["redis_url"],
     )
     stop = asyncio.Event()
     task = asyncio.current_task()

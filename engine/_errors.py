@@ -6,6 +6,7 @@
     ├── ApiError .............. the Graph API answered with an error (carries ErrorInfo)
     ├── TransportError ........ no usable reply: timeout, reset, refused, unreadable body
     ├── RetriesExhausted ...... a batch kept failing past the retry limit (exit 1)
+    ├── QuotaUnavailable ...... the shared quota's Redis stayed unreachable (exit 1)
     ├── Interrupted ........... the job was asked to stop (exit 3)
     ├── WindowClosed .......... internal: a batch was due past its session's window
     └── ReplaceRestart ........ internal: a replace starts over in a new session
@@ -194,6 +195,15 @@ class CheckpointError(EngineError):
     @property
     def info(self) -> ErrorInfo:
         return ErrorInfo(None, None, "CheckpointError", str(self))
+
+
+class QuotaUnavailable(EngineError):
+    """The Redis holding an ad account's shared quota stayed unreachable past the wait: no
+    call was made without it (exit code 1; the checkpoint resumes the job)."""
+
+    @property
+    def info(self) -> ErrorInfo:
+        return ErrorInfo(None, None, "QuotaUnavailable", str(self))
 
 
 class Interrupted(EngineError):

@@ -36,7 +36,7 @@ from .._input.source import InputFile
 from .._options import UploadJob
 from .._pipeline.run import RequestHook, run_job
 from .._pipeline.sender import RetryPolicy
-from .._quota.limiter import AccountLimiter
+from .._quota.account import AccountQuota
 from .._report import ProgressFn, Report, Status
 from .._resume.checkpoint import Checkpoint
 from .plan import Part, PlanFile, payload_cells
@@ -53,7 +53,7 @@ async def run_mirror(
     job: UploadJob,
     source: InputFile,
     client: GraphClient | None,
-    limiter: AccountLimiter,
+    limiter: AccountQuota,
     *,
     retry: RetryPolicy,
     progress: ProgressFn | None = None,
@@ -77,7 +77,7 @@ class _Mirror:
     job: UploadJob
     store: SqliteStore
     client: GraphClient | None
-    limiter: AccountLimiter
+    limiter: AccountQuota
     retry: RetryPolicy
     progress: ProgressFn | None
     stop: asyncio.Event | None

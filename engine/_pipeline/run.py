@@ -26,6 +26,7 @@ from .._errors import (
     ErrorInfo,
     InputError,
     Interrupted,
+    QuotaUnavailable,
     ReplaceRestart,
     RetriesExhausted,
 )
@@ -233,7 +234,7 @@ class _Run:
         if isinstance(failure, ReplaceRestart):
             message = f"{failure}, but the input cannot be read twice; run the job again"
             return _Ending("failed", failure.error.info, message)
-        if isinstance(failure, ApiError | RetriesExhausted | CheckpointError):
+        if isinstance(failure, ApiError | RetriesExhausted | CheckpointError | QuotaUnavailable):
             return _Ending("failed", failure.info, str(failure))
         if isinstance(failure, Interrupted):
             if self.bad_input and not self.requests:

@@ -33,3 +33,9 @@ class AccountQuota(Protocol):
     def on_success(self, usage: Usage | None) -> None: ...
 
     def on_throttle(self, usage: Usage | None) -> float: ...
+
+
+class QuotaRegistry(Protocol):
+    """Hands out the one `AccountQuota` of each ad account."""
+
+    def get(self, ad_account: str) -> AccountQuota: ...

@@ -107,6 +107,7 @@ async def serve(
             api_base=config.api_base,
             api_version=config.api_version,
             limits=config.limits,
+            redis_url=config.redis_url,  # a fleet's replicas share each account's budget
             app_secret=secrets.app_secret,
             on_request=metrics.on_request,
             trace_configs=() if fleet is None else (fleet.trace_config(),),

@@ -1,26 +1,41 @@
-"""What any ad-account limiter must do for the sender (in-process today; shared next), on
+"""What any ad-account limiter must do for the sender, in-process or shared through Redis, on
 virtual time."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from engine._graph.usage import Usage
 from engine._quota.account import AccountQuota
+from engine._quota.clock import LoopClock
 from engine._quota.limiter import AccountLimiter, LimiterConfig
 
 Make = Callable[[LimiterConfig], AccountQuota]
-IMPLEMENTATIONS: dict[str, Make] = {"in-process": AccountLimiter}
 
 pytestmark = pytest.mark.looptime
 
 
-@pytest.fixture(params=sorted(IMPLEMENTATIONS))
-def make(request: pytest.FixtureRequest) -> Make:
-    return IMPLEMENTATIONS[request.param]
+@pytest.fixture(params=["in-process", "shared"])
+async def make(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Make]:
+    if request.param == "in-process":
+        yield AccountLimiter
+        return
+    from engine._fleet.quota import SharedRegistry
+
+    url = request.getfixturevalue("redis_url")
+    registries: list[SharedRegistry] = []
+
+    def shared(config: LimiterConfig) -> AccountQuota:
+        # The loop's clock, which looptime runs virtually, stands in for the hosts' clock.
+        registries.append(SharedRegistry(url, config, namespace, clock=LoopClock(), timeout_s=None))
+        return registries[-1].get("act_1")
+
+    yield shared
+    for registry in registries:
+        await registry.close()
 
 
 async def passes(quota: AccountQuota, n: int) -> list[float]:
