@@ -118,9 +118,7 @@ async def test_without_redis_calls_wait_then_fail_and_resume_once_it_is_back(
 
 async def test_a_throttle_seen_by_one_process_pauses_the_others(redis_server: RedisServer) -> None:
     clock = FakeClock()
-    one, other = (
-        SharedRegistry(redis_server.url, LimiterConfig(), clock=clock) for _ in range(2)
-    )
+    one, other = (SharedRegistry(redis_server.url, LimiterConfig(), clock=clock) for _ in range(2))
     try:
         await one.get(AD_ACCOUNT).acquire()
         assert one.get(AD_ACCOUNT).on_throttle(Usage(pct=100.0, regain_s=120.0)) == 120.0
