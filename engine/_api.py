@@ -18,6 +18,7 @@ from ._errors import InputError
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION, GraphClient
 from ._graph.facts import MAX_BATCH_ROWS, SESSION_WINDOW_S
 from ._input.memory import Source, aopen_source, file_name
+from ._input.remote import is_url, shown
 from ._mirror.mirror import run_mirror
 from ._options import DEFAULT_CONCURRENCY, JobMode, UploadJob
 from ._pipeline.run import RequestHook, run_job
@@ -212,13 +213,14 @@ class Uploader:
     ) -> Report:
         """Upload one people list to one Custom Audience and return its report.
 
-        `source` is a path (CSV, JSON Lines or Parquet, optionally .gz; "-" for stdin) or a
-        file opened in binary mode (read as it is, its name giving the format), an
-        iterable or async iterable of dicts or tuples (tuples in `schema` order, or named
-        with `Rows(data, columns)`), a pandas or polars DataFrame, or a pyarrow Table,
-        RecordBatch or RecordBatchReader. Plain iterables are read in a worker thread,
-        async ones on the event loop. `schema` lists the keys in payload order (default:
-        inferred from column names); `column_map` maps keys to columns.
+        `source` is a path (CSV, JSON Lines or Parquet, optionally .gz; "-" for stdin), a URL
+        (s3://, gs://, az://, http(s)://, streamed from the store with its own credential
+        chain: docs/object-storage.md), a file opened in binary mode (read as it is, its
+        name giving the format), an iterable or async iterable of dicts or tuples (tuples in
+        `schema` order, or named with `Rows(data, columns)`), a pandas or polars DataFrame,
+        or a pyarrow Table, RecordBatch or RecordBatchReader. Plain iterables are read in a
+        worker thread, async ones on the event loop. `schema` lists the keys in payload order
+        (default: inferred from column names); `column_map` maps keys to columns.
 
         Raises InputError (or its subclass ConfigError) for bad usage or input, before
         anything is sent. API refusals and exhausted retries come back as a report with
@@ -316,7 +318,10 @@ class Uploader:
 
 
 def _name(source: Source) -> str:
-    """The path, or the kind of object: for the pool's sizing and the checkpoint's key."""
+    """The path, the URL as shown (no credentials), or the kind of object: the checkpoint's
+    key."""
+    if isinstance(source, str) and is_url(source):
+        return shown(source)
     if isinstance(source, str | os.PathLike):
         return os.fspath(source)
     return file_name(source) or f"<{type(source).__name__}>"

@@ -142,7 +142,8 @@ def _job_arguments(up: argparse.ArgumentParser, input_nargs: str) -> None:
     up.add_argument(
         "input",
         nargs=None if input_nargs == "input" else input_nargs,
-        help="file to read (csv, jsonl, parquet, optionally .gz) or - for stdin",
+        help="file or URL (s3://, gs://, az://, https://) to read (csv, jsonl, parquet, "
+        "optionally .gz), or - for stdin",
     )
     up.add_argument("--config", help="TOML file with options; command-line values win")
     for opt in job_options():

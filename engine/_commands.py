@@ -14,6 +14,7 @@ import orjson
 from ._errors import ApiError, InputError, TransportError
 from ._graph.audience import CUSTOMER_FILE_SOURCES, AudienceInfo, Audiences
 from ._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
+from ._input.remote import is_url, shown
 from ._inspect.result import page, table
 from ._inspect.run import ainspect
 from ._options import Option, job_options
@@ -28,7 +29,7 @@ Argument = Callable[[Option], dict[str, Any]]
 
 def add_commands(sub: Any, argument: Argument, help_of: Callable[[Option], str]) -> None:
     ins = sub.add_parser("inspect", help="look at a people list before sending it")
-    ins.add_argument("input", help="file to read (csv, jsonl, parquet, optionally .gz) or -")
+    ins.add_argument("input", help="file or URL to read (csv, jsonl, parquet, optionally .gz) or -")
     for opt in job_options():
         if opt.field in INPUT_OPTIONS and opt.flag is not None:
             ins.add_argument(opt.flag, dest=opt.field, help=help_of(opt), **argument(opt))
@@ -77,8 +78,13 @@ async def _inspect(args: argparse.Namespace) -> int:
     sys.stdout.write(data.decode() if args.json else table(result))
     _write(args.report, data)
     if args.html:
-        _write(args.html, page(result, f"Inspection of {os.path.basename(args.input)}").encode())
+        _write(args.html, page(result, f"Inspection of {_title(args.input)}").encode())
     return EXIT_OK
+
+
+def _title(source: str) -> str:
+    """The input's file name, for the page's title: a URL's without its query string."""
+    return os.path.basename(shown(source) if is_url(source) else source)
 
 
 def _write(path: str | None, data: bytes) -> None:

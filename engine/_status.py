@@ -9,13 +9,17 @@ from typing import Any
 import orjson
 
 from ._errors import InputError
+from ._input.remote import is_url, shown
 from ._resume.checkpoint import Checkpoint, JobRecord, default_path
 
 
 def default_checkpoint(options: dict[str, Any]) -> str:
     """Where a job keeps its progress unless told: named by its input, audience, account, mode."""
     source = options["input"]
-    where = source if source == "-" else os.path.abspath(source)
+    if is_url(source):
+        where = shown(source)  # no credentials, and a URL signed anew finds the same one
+    else:
+        where = source if source == "-" else os.path.abspath(source)
     audience, account = options["audience_id"], options["ad_account"]
     job = f"{where}|{audience}|{account}|{options.get('mode', 'add')}"
     return str(default_path(job))

@@ -1,5 +1,5 @@
-"""Opening an input file as a reader by its format: CSV, JSON Lines or Parquet, from a path, a .gz
-file, stdin or an already-open binary file.
+"""Opening an input file as a reader by its format: CSV, JSON Lines or Parquet, from a path, a
+URL, a .gz file, stdin or an already-open binary file.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from .delimited import CsvInput
 from .jsonl import JsonlInput
 from .opening import MAX_INFLATION, MAX_LINE, Opened, open_stream
 from .parquet import ParquetInput
+from .remote import is_url, shown
 from .source import InputFile
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -37,7 +38,8 @@ def open_input(
     max_line: int = MAX_LINE,
     max_inflation: float = MAX_INFLATION,
 ) -> InputFile:
-    """Open `path` ("-" is stdin) as the given format, or the one its name implies.
+    """Open `path` ("-" is stdin; a URL is read from its store) as the given format, or the
+    one its name implies.
 
     With `file` (a binary file opened for reading), that is what is read: `path` only names
     it (its format, and messages), and closing the file stays the caller's. Reads the header
@@ -46,7 +48,9 @@ def open_input(
     """
     if "\x00" in path:
         raise InputError("the input path holds a NUL byte")
-    name = path.lower()
+    # A URL's query string may hold its signature: never in a message, nor in the name.
+    named = shown(path) if is_url(path) else path
+    name = named.lower()
     gz = name.endswith(".gz")
     if gz:
         name = name[:-3]
@@ -54,7 +58,7 @@ def open_input(
         implied = "csv" if path == "-" else _SUFFIXES.get(os.path.splitext(name)[1])
         if implied is None:
             raise InputError(
-                f"cannot tell the format of {path!r} from its name; use --format csv|jsonl|parquet"
+                f"cannot tell the format of {named!r} from its name; use --format csv|jsonl|parquet"
             )
         fmt = implied
     if fmt not in FORMATS:

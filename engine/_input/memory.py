@@ -39,6 +39,7 @@ from .._errors import InputError
 from .._rows import RawChunk, Reject
 from .files import open_input
 from .opening import MAX_FIELD
+from .remote import is_url
 from .source import InputFile
 
 __all__ = ["Rows", "Source", "aopen_source", "open_source"]
@@ -61,8 +62,8 @@ class Rows:
 
 
 Source = str | os.PathLike[str] | Rows | Any
-"""What `upload()` reads: a path ("-" for stdin); a file opened in binary mode (its name
-tells the format); an iterable or async iterable of dicts,
+"""What `upload()` reads: a path ("-" for stdin) or a URL (s3://, gs://, az://, http(s)://);
+a file opened in binary mode (its name tells the format); an iterable or async iterable of dicts,
 or of tuples/lists (in schema order, or named by `Rows`); a pandas or polars DataFrame; a
 pyarrow Table, RecordBatch or RecordBatchReader. Any, as DataFrame types are not imported."""
 
@@ -100,7 +101,10 @@ def open_source(source: Source, fmt: str | None = None) -> InputFile:
 
 
 async def aopen_source(source: Source, fmt: str | None = None) -> InputFile:
-    """`open_source` for the event loop: async iterables too (their first item is awaited)."""
+    """`open_source` for the event loop: async iterables too (their first item is awaited).
+    A URL is opened in a thread: its store answers over the network."""
+    if isinstance(source, str) and is_url(source):
+        return await asyncio.to_thread(open_source, source, fmt)
     if not isinstance(source.data if isinstance(source, Rows) else source, AsyncIterable):
         return open_source(source, fmt)
     _no_format(fmt)

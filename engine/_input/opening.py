@@ -1,6 +1,6 @@
-"""Reading an input file's bytes safely: the file given, stdin or a path opened once; gzip with a
-bound on how far it may expand; a bound on one line; UTF-16 told apart. Errors name rows,
-never the file's content.
+"""Reading an input file's bytes safely: the file given, stdin, a path opened once or a URL
+(remote.py); gzip with a bound on how far it may expand; a bound on one line; UTF-16 told
+apart. Errors name rows, never the file's content.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from .._errors import InputError
+from .remote import Remote, is_url, open_remote
 
 if TYPE_CHECKING:
     pass
@@ -50,7 +51,7 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 class Opened:
-    """An input's file: the one given, stdin, or the path opened here; and what to close."""
+    """An input's file: the one given, stdin, or the path or URL opened here; what to close."""
 
     def __init__(
         self,
@@ -67,12 +68,17 @@ class Opened:
         self.max_inflation = max_inflation
         self.given = file is not None
         self.closing: list[Callable[[], None]] = []  # closed in reverse order
+        self.remote: Remote | None = None
         if file is not None:
             if rewind:
                 file.seek(0)
             self.raw: BinaryIO | None = file
         elif path == "-":
             self.raw = None  # stdin: not ours to close, and no file to measure
+        elif is_url(path):
+            self.raw, self.remote = open_remote(path)
+            self.path = self.remote.shown
+            self.closing.append(self.raw.close)
         else:
             try:
                 self.raw = open(path, "rb")  # noqa: SIM115 - closed by close()
@@ -84,7 +90,9 @@ class Opened:
         """The same file from its start, for reading the input twice (see InputFile.reopen)."""
         assert self.raw is not None
         # The file object is shared, not reopened by path: the path may lead elsewhere now.
-        return Opened(self.path, self.fmt, self.raw, self.max_line, self.max_inflation, True)
+        again = Opened(self.path, self.fmt, self.raw, self.max_line, self.max_inflation, True)
+        again.remote = self.remote
+        return again
 
     def close(self) -> None:
         while self.closing:

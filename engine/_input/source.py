@@ -167,6 +167,8 @@ class InputFile:
         file matches, an edit almost always shows. The batches already acknowledged are
         checked one by one on resume as well (their digests), so an edit this misses
         cannot change what was sent."""
+        if self._opened is not None and self._opened.remote is not None:
+            return self._opened.remote.fingerprint  # the store's own version marks
         raw = self._opened.raw if self._opened is not None else None
         if raw is None:
             return "stdin"
@@ -182,6 +184,20 @@ class InputFile:
         except OSError as exc:
             raise InputError(f"cannot read input {self.path!r}: {why(exc)}") from exc
         return digest.hexdigest()
+
+    def size(self) -> int:
+        """The input's size in bytes when it is a file or a stored object, else 0: what
+        sizes the hashing pool."""
+        opened = self._opened
+        if opened is None or opened.raw is None:
+            return 0
+        if opened.remote is not None:
+            return opened.remote.size or 0
+        try:
+            st = os.fstat(opened.raw.fileno())
+        except OSError:
+            return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
     def opened_again(self) -> Opened:
         """The same open file from its start, for reading the input twice (never by path

@@ -176,7 +176,10 @@ class _Run:
         raw: Channel[Unit] = Channel(CHANNEL_CHUNKS)
         hashed: Channel[EncodedChunk] = Channel(CHANNEL_CHUNKS)
         batches: Channel[Batch] = Channel(2)
-        with rejects_writer(job.rejects_path) as write_rejects, process_pool(job) as pool:
+        with (
+            rejects_writer(job.rejects_path) as write_rejects,
+            process_pool(job, source.size()) as pool,
+        ):
             stages = [
                 read(source, raw, None if client is None else (self.bad_input, halt)),
                 normalize(raw, hashed, self.schema, options, pool, self.inspector),

@@ -148,24 +148,17 @@ async def drain(inp: Channel[Batch]) -> None:
 
 
 @contextmanager
-def process_pool(job: UploadJob) -> Iterator[Executor | None]:
-    """A process pool for normalize+hash, when the input is big enough to pay for starting it."""
+def process_pool(job: UploadJob, size: int) -> Iterator[Executor | None]:
+    """A process pool for normalize+hash, when the input (`size` bytes) is big enough to pay
+    for starting it."""
     workers = job.workers
     if workers is None:
-        big = _input_size(job.source) >= POOL_MIN_BYTES
-        workers = min(os.cpu_count() or 1, 4) if big else 0
+        workers = min(os.cpu_count() or 1, 4) if size >= POOL_MIN_BYTES else 0
     if workers == 0:
         yield None
         return
     with hashing_pool(workers) as pool:
         yield pool
-
-
-def _input_size(path: str) -> int:
-    try:
-        return os.stat(path).st_size if path != "-" else 0
-    except OSError:
-        return 0
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """Job requests: a `POST /jobs` turned into a Job ready to store, or a Refusal.
 
-A JSON body names an input path under the worker's input-dirs; a CSV or JSON Lines body
+A JSON body names an input path under the worker's input-dirs, or a URL under its
+input-urls (urls.py); a CSV or JSON Lines body
 carries the rows themselves, with the options in the query string. Body rows are normalized
 and hashed here, in memory, with the engine's own rules, and only the hashes are written to
 the state dir: the job then uploads them with `prehashed=True`, and resumes
@@ -32,9 +33,11 @@ from .._errors import ConfigError, InputError
 from .._hashing.encode import normalize_chunk
 from .._hashing.schema import NormalizeOptions, Schema
 from .._input.memory import Rows, open_source
+from .._input.remote import is_url
 from .._input.source import InputFile
 from .._options import UploadJob, job_options
 from .jobs import Job
+from .urls import check_url
 
 __all__ = ["Intake", "Refusal", "job_option", "open_allowed", "with_intake"]
 
@@ -181,6 +184,13 @@ def _check_path(path: str, input_dirs: Sequence[Path], options: Mapping[str, Any
         _bind(src, options)
 
 
+def _check_url(url: str, prefixes: Sequence[str], options: Mapping[str, Any]) -> str:
+    url = check_url(url, prefixes)
+    with open_source(url, options.get("format")) as src:
+        _bind(src, options)
+    return url
+
+
 def _body_rows(text: str, fmt: str) -> Rows:
     """Rows of a CSV (header first) or JSON Lines body, read in memory only."""
     if fmt == "csv":
@@ -259,11 +269,13 @@ class Intake:
         *,
         defaults: Mapping[str, Any],
         input_dirs: Sequence[Path],
+        input_urls: Sequence[str],
         token_for: Callable[[str], str | None],
         rows_file: Callable[[str], Path],
     ) -> None:
         self._defaults = dict(defaults)  # checked with job_option when the config was read
         self._input_dirs = list(input_dirs)
+        self._input_urls = list(input_urls)
         self._token_for = token_for
         self._rows_file = rows_file
 
@@ -287,10 +299,14 @@ class Intake:
         self._check(options, path, fmt)
         try:
             if path is not None:
-                # In a thread: file checks never hold up the event loop.
-                await asyncio.to_thread(_check_path, path, self._input_dirs, options)
+                # In a thread: file and store checks never hold up the event loop.
+                source = "url" if is_url(path) else "path"
+                if source == "url":
+                    path = await asyncio.to_thread(_check_url, path, self._input_urls, options)
+                else:
+                    await asyncio.to_thread(_check_path, path, self._input_dirs, options)
                 _client_still_there(request)
-                return Job(job_id, "queued", "path", path, options)
+                return Job(job_id, "queued", source, path, options)
             assert fmt is not None
             hashed = await asyncio.to_thread(_hash_body, await request.read(), fmt, options)
         except InputError as exc:
@@ -309,7 +325,7 @@ class Intake:
             if not options.get(required):
                 raise Refusal(400, f"{required} is required")
         if fmt is None and not path:
-            raise Refusal(400, "input (a path the worker can read) is required")
+            raise Refusal(400, "input (a path or URL the worker can read) is required")
         try:
             UploadJob(
                 source=path or "<body>",

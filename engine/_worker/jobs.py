@@ -47,7 +47,7 @@ _ADDED_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idemp
 class Job:
     """One job as stored. `options` are `Uploader.upload` keyword arguments (plain data).
 
-    `source` says where the rows came from ("path", "csv body", "jsonl body"); `intake`
+    `source` says where the rows came from ("path", "url", "csv body", "jsonl body"); `intake`
     holds the counts of body rows rejected on arrival, which the engine never sees.
     `idempotency_key` is the client's `Idempotency-Key`, and `request_digest` a digest of
     the request that carried it, so a retry can be told from a different request.

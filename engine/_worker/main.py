@@ -119,6 +119,7 @@ async def serve(
             intake = Intake(
                 defaults=config.job_defaults,
                 input_dirs=config.input_dirs,
+                input_urls=config.input_urls,
                 token_for=secrets.token_for,
                 rows_file=layout.rows_file,
             )

@@ -22,6 +22,7 @@ from .intake import Refusal, open_allowed, with_intake
 from .jobs import UNFINISHED, Job, JobTable, State
 from .settings import Layout, Secrets, WorkerConfig
 from .telemetry import Metrics, job_context
+from .urls import check_url
 
 log = logging.getLogger("engine.worker")
 
@@ -228,6 +229,8 @@ class Worker:
                 # Checked again, as at intake: the path may lead elsewhere by now. The job
                 # reads the file opened here, never the path.
                 source = await asyncio.to_thread(open_allowed, job.input, self._config.input_dirs)
+            elif job.source == "url":
+                source = check_url(job.input, self._config.input_urls)  # the config may change
         except InputError as exc:
             return "failed", None, str(exc)
         try:

@@ -21,6 +21,7 @@ from .._graph.client import DEFAULT_API_BASE, DEFAULT_API_VERSION
 from .._hints import did_you_mean
 from .._quota.limiter import LimiterConfig
 from .intake import Refusal, job_option
+from .urls import url_prefix
 
 log = logging.getLogger("engine.worker")
 
@@ -122,6 +123,7 @@ class WorkerConfig:
     api_version: str = DEFAULT_API_VERSION
     secrets_file: Path | None = None
     input_dirs: tuple[Path, ...] = ()  # where input paths may be; empty: rows in bodies only
+    input_urls: tuple[str, ...] = ()  # the URL prefixes input URLs may be under; empty: none
     allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES  # Host header names, without the port
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -169,6 +171,7 @@ _SETTINGS = (
     "tls_cert",
     "tls_key",
     "input_dirs",
+    "input_urls",
     "allowed_hosts",
     "limits",
     "job_defaults",
@@ -192,6 +195,11 @@ def load_config(path: Path) -> WorkerConfig:
             for directory in values[name]:
                 if not directory.is_dir():
                     raise ConfigError(f"input-dirs: {directory} is not a directory")
+        elif name == "input_urls":
+            urls = _typed_setting(name, value, list)
+            values[name] = tuple(
+                url_prefix(_typed_setting(name, u, str), i) for i, u in enumerate(urls, 1)
+            )
         elif name == "allowed_hosts":
             hosts = _typed_setting(name, value, list)
             values[name] = tuple(_typed_setting(name, h, str).lower() for h in hosts)

@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .._hashing.schema import KEYS
+from .._input.remote import STORE_LOGGERS
 from .._report import Progress
 from .jobs import Job, State
 
@@ -77,12 +78,16 @@ _SECRET_VALUE = re.compile(
 )
 # A URL's query string, whatever its parameters are called.
 _QUERY = re.compile(r"""(?P<path>(?:https?://|/)[^\s?#"']*)\?[^\s#"']+""")
+# A URL's user info (user:password@), in any scheme.
+_USERINFO = re.compile(r"""(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^\s/?#@"']+@""", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """`text` with query strings and the values of access_token, appsecret_proof and
-    Authorization replaced: every log line passes here, whoever wrote it and however."""
+    """`text` with URLs' query strings and user info, and the values of access_token,
+    appsecret_proof and Authorization replaced: every log line passes here, whoever wrote
+    it and however."""
     text = _SECRET_VALUE.sub(lambda m: f"{m['name']}{m['sep']}{m['scheme'] or ''}{_REDACTED}", text)
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{_REDACTED}@", text)
     return _QUERY.sub(lambda m: f"{m['path']}?{_REDACTED}", text)
 
 
@@ -125,6 +130,8 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
+    for name in STORE_LOGGERS:  # their debug lines print request headers: signatures, tokens
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 # Progress field -> metric (a counter per ad account) and its help text.

@@ -67,14 +67,18 @@ def test_every_log_line_is_redacted_whoever_writes_it(json_log: Any) -> None:
     log.warning("GET https://graph.example/v1/act_1/users?access_token=%s&x=1 failed", SECRET)
     log.warning("sent appsecret_proof=%s", SECRET)
     log.warning("headers: {'Authorization': 'Bearer %s'}", SECRET)
+    log.warning("cannot read s3://key:%s@lists/a.csv nor redis://:%s@cache:6379", SECRET, SECRET)
     try:
         raise ValueError(f"POST /jobs?access_token={SECRET}")
     except ValueError:
         log.exception("request failed")
     entries = json_log()
-    assert len(entries) == 4
+    assert len(entries) == 5
     assert SECRET not in orjson.dumps(entries).decode()
     assert entries[0]["message"] == "GET https://graph.example/v1/act_1/users?[redacted] failed"
     assert entries[1]["message"] == "sent appsecret_proof=[redacted]"
     assert entries[2]["message"] == "headers: {'Authorization': 'Bearer [redacted]'}"
-    assert "/jobs?[redacted]" in entries[3]["exception"]
+    assert entries[3]["message"] == (
+        "cannot read s3://[redacted]@lists/a.csv nor redis://[redacted]@cache:6379"
+    )
+    assert "/jobs?[redacted]" in entries[4]["exception"]
