@@ -95,10 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.smoke:
         args.rows, args.sdk_rows, args.profile_rows, args.repeat = [10_000], 10_000, 10_000, 1
-    if args.repeat < 1:
-        raise SystemExit("--repeat must be at least 1")
         args.throttle_rows, args.throttle_batch = 10_000, 500
         args.throttle = (40, 1.0)
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     sdk = args.sdk_rows > 0 and _sdk_installed()

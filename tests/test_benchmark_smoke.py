@@ -1,4 +1,4 @@
-"""The benchmark harness end to end on 10,000 rows: every scenario runs and reports sane
+"""The benchmark harnesses end to end on small inputs: every scenario runs and reports sane
 numbers (not speed: CI machines vary)."""
 
 from __future__ import annotations
@@ -69,3 +69,22 @@ def test_the_tuned_rate_and_its_burst_fit_the_cap(calls: int, window: float, rat
 def test_a_cap_with_no_room_for_a_burst_and_a_rate_is_refused() -> None:
     with pytest.raises(ValueError, match="no room"):
         rate_under_cap(1, 1.0)
+
+
+def test_quota_benchmark_runs_one_tiny_cell(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.quota", "--cells", "sliding-1s@5", "--seconds", "2"]
+        + ["--out", str(out), "--cache", str(tmp_path / "cache")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| window \\ cap | 5 call/s |" in run.stdout
+    assert "| sliding 1 s | " in run.stdout and "| sliding-1s@5 | " in run.stdout
+    (cell,) = json.loads((out / "quota.json").read_text())["cells"]
+    assert cell["throttle"] == "shape=sliding,rate=5,window_s=1,time_scale=1"
+    assert cell["requests"] == cell["admitted"] + cell["throttled"] + cell["other_errors"] > 0
+    assert (out / "quota.md").read_text().startswith("| window \\ cap |")

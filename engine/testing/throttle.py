@@ -29,8 +29,10 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
+from typing import Any
 
 BUC_HEADER = "X-Business-Use-Case-Usage"
 APP_HEADER = "X-App-Usage"
@@ -54,9 +56,14 @@ class ThrottleError:
     message: str
 
 
-_ERRORS = {
+# What Meta answers a call over each quota with.
+ERRORS = {
     HeaderKind.BUC: ThrottleError(
-        80003, 2446079, "(#80003) There have been too many calls to this ad-account."
+        80003,
+        2446079,
+        "(#80003) There have been too many calls to this ad-account. Wait a bit and try again. "
+        "For more info, please refer to "
+        "https://developers.facebook.com/docs/graph-api/overview/rate-limiting#custom-audience.",
     ),
     HeaderKind.APP: ThrottleError(4, None, "(#4) Application request limit reached"),
     HeaderKind.AD_ACCOUNT: ThrottleError(17, 2446079, "(#17) User request limit reached"),
@@ -71,6 +78,7 @@ class Verdict:
     error: ThrottleError | None = None
     usage_pct: int = 0  # the integer percentage the header carries
     regain_min: int = 0  # the whole minutes the BUC header carries
+    wait_s: float = 0.0  # exact seconds of the caller's clock until room for one more call
 
     @property
     def admitted(self) -> bool:
@@ -113,8 +121,8 @@ class _Base:
                 "ads_api_access_tier": "standard_access",
             }
             headers = {AD_ACCOUNT_HEADER: json.dumps(body)}
-        error = _ERRORS[self.kind] if over else None
-        return Verdict(headers, error, pct, minutes)
+        error = ERRORS[self.kind] if over else None
+        return Verdict(headers, error, pct, minutes, wait_model_s / self.time_scale)
 
 
 @dataclass
@@ -261,3 +269,81 @@ def bucket(
     return TokenBucket(
         time_scale=time_scale, kind=kind, capacity=capacity, refill_per_s=rate / time_scale
     )
+
+
+SHAPES = ("sliding", "fixed", "bucket")
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleSpec:
+    """A quota to build for each ad account on its first call: the `shape`, the `rate` it
+    sustains (calls per second of the caller's clock), its window in model seconds (a bucket
+    holds one window's worth of calls), its `time_scale`, its header `kind`, and the share of
+    the cap already `spent` when the account is first called (a worker restarted in the
+    middle of an hour meets a spent account)."""
+
+    shape: str = "sliding"
+    rate: float = 1.0
+    window_s: float = 3600.0
+    time_scale: float = 1.0
+    kind: HeaderKind = HeaderKind.BUC
+    spent: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"throttle shape must be one of {', '.join(SHAPES)}")
+        if not (self.rate > 0 and self.window_s > 0 and self.time_scale > 0):
+            raise ValueError("throttle rate, window_s and time_scale must be above 0")
+        if not self.spent >= 0:
+            raise ValueError("throttle spent must not be below 0")
+
+    @classmethod
+    def of(cls, value: Mapping[str, Any]) -> ThrottleSpec:
+        """From named fields, as JSON or the command line gives them."""
+        if not isinstance(value, Mapping):
+            raise ValueError("a throttle is an object of shape, rate, window_s, time_scale...")
+        names = {f.name for f in fields(cls)}
+        unknown = set(value) - names
+        if unknown:
+            raise ValueError(f"unknown throttle settings: {', '.join(sorted(unknown))}")
+        kinds = {k.value: k for k in HeaderKind}
+        kind = kinds.get(str(value.get("kind", "buc")).lower())
+        if kind is None:
+            raise ValueError(f"throttle kind must be one of {', '.join(kinds)}")
+        numbers: dict[str, float] = {}
+        for name in ("rate", "window_s", "time_scale", "spent"):
+            if name in value:
+                try:
+                    numbers[name] = float(value[name])
+                except (TypeError, ValueError):
+                    raise ValueError(f"throttle {name} must be a number") from None
+        return cls(shape=str(value.get("shape", "sliding")), kind=kind, **numbers)
+
+    @classmethod
+    def parse(cls, text: str) -> ThrottleSpec:
+        """From `shape=sliding,rate=5,window_s=10,...`."""
+        pairs: dict[str, str] = {}
+        for part in text.split(","):
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"expected NAME=VALUE, got {part.strip()!r}")
+            pairs[name.strip()] = value.strip()
+        return cls.of(pairs)
+
+    def shown(self) -> dict[str, Any]:
+        return asdict(self) | {"kind": self.kind.value}
+
+    def build(self, t: float, account: str) -> ThrottleModel:
+        """A fresh model for `account` (its id in the BUC header) first called at `t`."""
+        model: ThrottleModel
+        if self.shape == "bucket":
+            model = bucket(self.rate, self.window_s / self.time_scale, self.time_scale, self.kind)
+            cap = model.capacity
+        else:
+            make = sliding if self.shape == "sliding" else fixed
+            model = make(self.rate, self.window_s, self.time_scale, self.kind)
+            cap = model.limit
+        model.account = account
+        if self.spent:
+            model.spend(t, round(self.spent * cap))
+        return model

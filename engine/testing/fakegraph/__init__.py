@@ -12,11 +12,14 @@ own tables, not the engine's (see docs/protocol.md for what the engine does). Wh
   (or settles), `{"code": 300, "description": "replace_in_progress"}`; 300 is this fake's
   choice, Meta documents only the descriptions.
 * Meta-shaped errors: 190 token, 100 appsecret_proof / bad parameter / row shape /
-  more than 10,000 rows, 194 missing parameter, 2650 replace subcodes, 80003 throttling.
+  more than 10,000 rows, 194 missing parameter, 2650 replace subcodes, 80003 (4, 17)
+  throttling.
 * Membership: the audience holds `tuple(row)` for every valid row (single-key rows become
   1-tuples), so tests can compare it with what the engine meant to send.
 * Faults: latency, random 5xx, dropped connections, scripted errors, slow answers and a
-  per-ad-account sliding-window throttle with the `X-Business-Use-Case-Usage` header.
+  quota per ad account (`FakeConfig.throttle`: a sliding or fixed window or a token bucket
+  from engine/testing/throttle.py, with the usage header and error of Meta's business
+  use case, app or ad-account quota; `rate_limit` is a sliding window's shorthand).
 * A request log and a list of session-invariant violations (docs/protocol.md) for tests.
 
 Admin endpoints for a fake run as a subprocess live under `/_fake/`. Tokens are never

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from ..throttle import ThrottleSpec
 from .config import FakeConfig
 from .server import FakeGraph
 
@@ -21,6 +22,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
         latency=args.latency_ms,
         error_rate=args.error_rate,
         drop_rate=args.drop_rate,
+        throttle=args.throttle,
         rate_limit=args.rate_limit,
         time_scale=args.time_scale,
         lean=args.lean,
@@ -61,6 +63,13 @@ def _rate(text: str) -> tuple[int, float]:
     return int(calls), float(seconds or 3600)
 
 
+def _throttle(text: str) -> ThrottleSpec:
+    try:
+        return ThrottleSpec.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m engine fake-graph",
@@ -71,7 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=_latency_ms, default=(0.0, 0.0), metavar="A[-B]")
     p.add_argument("--error-rate", type=float, default=0.0, help="share of HTTP 500 answers")
     p.add_argument("--drop-rate", type=float, default=0.0, help="share of dropped connections")
-    p.add_argument("--rate-limit", type=_rate, metavar="CALLS/SECONDS", help="per ad account")
+    quota = p.add_mutually_exclusive_group()
+    quota.add_argument(
+        "--throttle",
+        type=_throttle,
+        metavar="NAME=VALUE,...",
+        help="per ad account: shape=sliding|fixed|bucket, rate (calls/s), window_s (model "
+        "seconds), time_scale (model seconds per second), kind=buc|app|ad_account, spent "
+        "(share of the cap used before the first call)",
+    )
+    quota.add_argument(
+        "--rate-limit", type=_rate, metavar="CALLS/SECONDS", help="per ad account, sliding"
+    )
     p.add_argument("--token", help="the only access token accepted (default: any)")
     p.add_argument("--app-secret", help="require appsecret_proof made with this secret")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiplies Meta's 90 minutes")

@@ -1,17 +1,16 @@
 """Fault injection: scripted errors, held and hung requests, latency, random 5xx, dropped
-connections and the per-ad-account throttle."""
+connections and the per-ad-account quota."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import random
-from collections import deque
 from dataclasses import dataclass
 
+from ..throttle import ThrottleModel, ThrottleSpec
 from .config import FakeConfig
-from .meta import BUC_HEADER, THROTTLE_CODE, THROTTLE_SUBCODE, GraphError
-from .wire import Upload, dumps
+from .meta import GraphError
+from .wire import Upload
 
 # The fake's own header: the exact seconds until a throttled account may call again.
 RETRY_HEADER = "X-Fake-Retry-After-S"
@@ -29,45 +28,40 @@ class _Scripted:
 
 
 class Throttle:
-    """Sliding-window call count per ad account (`config.rate_limit`); throttled calls
-    count too (like Meta)."""
+    """The quota of each ad account: a throttle model (engine/testing/throttle.py) built from
+    `config.throttle_spec()` on the account's first call. A changed setting starts every
+    account afresh. Throttled calls count too (like Meta)."""
 
     def __init__(self, config: FakeConfig) -> None:
         self.config = config
         self.reset()
 
     def reset(self) -> None:
-        self._calls: dict[str, deque[float]] = {}
+        self._spec: ThrottleSpec | None = None
+        self._models: dict[str, ThrottleModel] = {}
 
     def check(self, account: str, headers: dict[str, str]) -> None:
-        """Count a call: set the usage header, raise 80003 when the account is over."""
-        if self.config.rate_limit is None:
+        """Count a call: set the usage header, raise the quota's error when it is over."""
+        spec = self.config.throttle_spec()
+        if spec is None:
             return
-        cap, window = self.config.rate_limit
+        if spec != self._spec:
+            self._spec, self._models = spec, {}
         now = self.config.clock()
-        calls = self._calls.setdefault(account, deque())
-        while calls and calls[0] <= now - window:
-            calls.popleft()
-        calls.append(now)
-        count = len(calls)
-        over = count > cap
-        # Access returns once enough of the oldest calls leave the window to let one in.
-        wait_s = max(0.0, calls[count - cap] + window - now) if over else 0.0
-        # Meta reports whole minutes; fake seconds are Meta seconds times time_scale.
-        minutes = math.ceil(wait_s / self.config.time_scale / 60) if over else 0
-        pct = int(count * 100 / cap)
-        usage = {
-            "type": "custom_audience",
-            "call_count": pct,
-            "total_cputime": pct,
-            "total_time": pct,
-            "estimated_time_to_regain_access": minutes,
-        }
-        headers[BUC_HEADER] = dumps({account.removeprefix("act_"): [usage]})
-        if over:
-            headers[RETRY_HEADER] = f"{wait_s:.3f}"
+        model = self._models.get(account)
+        if model is None:
+            model = self._models[account] = spec.build(now, account.removeprefix("act_"))
+        verdict = model.admit(now)
+        headers.update(verdict.headers)
+        if verdict.error is not None:
+            headers[RETRY_HEADER] = f"{verdict.wait_s:.3f}"
+            error = verdict.error
             raise GraphError(
-                THROTTLE_CODE, subcode=THROTTLE_SUBCODE, is_transient=True, outcome="throttled"
+                error.code,
+                error.message,
+                subcode=error.subcode,
+                is_transient=True,
+                outcome="throttled",
             )
 
 

@@ -2,25 +2,19 @@
 
 Written from Meta's endpoint pages and kept apart from the engine's own tables on purpose:
 the tests must not grade the engine by its own beliefs. Nothing here is imported from the
-engine.
+engine; the quotas' errors come from the fake's throttle models (engine/testing/throttle.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..throttle import ERRORS as THROTTLE_ERRORS
+
 MAX_ROWS = 10_000
 REPLACE_WINDOW_S = 90 * 60  # Meta's replace window, before `time_scale`
-BUC_HEADER = "X-Business-Use-Case-Usage"
 NORMAL = "Normal"
 REPLACING = "replace_in_progress"
-THROTTLE_CODE = 80003
-THROTTLE_SUBCODE = 2446079
-THROTTLE_MESSAGE = (
-    "(#80003) There have been too many calls to this ad-account. Wait a bit and try again. "
-    "For more info, please refer to "
-    "https://developers.facebook.com/docs/graph-api/overview/rate-limiting#custom-audience."
-)
 
 # Single-key schemas and the multi-key column each one stands for (the users edge lists the
 # first three; Meta's guide also uploads with a bare "EXTERN_ID" schema).
@@ -62,7 +56,7 @@ DEFAULT_MESSAGES = {
     368: "The action attempted has been deemed abusive or is otherwise disallowed",
     2635: "(#2635) You are calling a deprecated version of the Ads API.",
     2650: "(#2650) Failed to update the custom audience",
-    80003: THROTTLE_MESSAGE,
+    **{error.code: error.message for error in THROTTLE_ERRORS.values()},
 }
 
 # (error_user_title, error_user_msg) of each replace subcode.
