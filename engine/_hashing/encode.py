@@ -2,7 +2,8 @@
 
 This is the hot path: it runs once per chunk in the hashing workers. Per-cell work is C-level
 `map`s over str methods, distinct values of low-cardinality keys are normalized once per
-chunk, and EMAIL goes through `fast_email`. Every input row ends up sent or rejected, once.
+chunk, EMAIL goes through `fast_email` and PHONE through `rules.phone_column`. Every input row
+ends up sent or rejected, once. The inspection takes the same columns unhashed.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _passthrough(raw: str) -> str | None:
     return s.lower() if is_digest(s) else None
 
 
-def _hashed(norm: Normalizer, hashed: bool) -> CellFn:
+def _hashed_key(norm: Normalizer, hashed: bool) -> CellFn:
+    """A hashed key's cell: its digest, or (not `hashed`) the text the digest is of."""
     sha = sha256
 
     def cell(raw: str) -> str | None:
@@ -77,8 +79,10 @@ def _phone(default_cc: str | None, hashed: bool, country_at: int) -> ColumnFn:
                 codes[country] = _safe_code(country)
             ccs = list(map(codes.__getitem__, countries))
         # Cells that already hold a digest pass as it; the others are numbers to read.
-        long = compress(range(len(raws)), map(le, repeat(64), map(len, raws)))
-        digests = {i: d for i in long if (d := _passthrough(raws[i])) is not None}
+        digests = {}
+        if max(map(len, raws), default=0) >= 64:
+            long = compress(range(len(raws)), map(le, repeat(64), map(len, raws)))
+            digests = {i: d for i in long if (d := _passthrough(raws[i])) is not None}
         if digests:
             raws = list(raws)
             for i in digests:
@@ -176,7 +180,7 @@ def column_functions(
             columns.append(_phone(cc, hashed, country_at))
             continue
         else:
-            fn = _hashed(norms[key], hashed)
+            fn = _hashed_key(norms[key], hashed)
         columns.append(_by_distinct(fn) if key in CACHED_KEYS else _by_cell(fn))
     return columns
 

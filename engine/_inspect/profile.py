@@ -130,10 +130,12 @@ def profile_unit(
 ) -> Profile:
     """The counts of one unit of input (a hashing worker's task; no digest is made)."""
     profile = Profile(schema.keys, probe=hash(_PROBE))
-    raws = block_columns(unit) if isinstance(unit, CsvBlock) else None
     dropped: dict[int, Reject] = {}
     numbers: Sequence[int]
-    if raws is None:
+    if isinstance(unit, CsvBlock) and (raws := block_columns(unit)) is not None:
+        numbers = range(unit.rows_before + 1, unit.rows_before + 1 + len(raws[0]))
+        profile.rows = len(numbers)
+    else:
         chunk = unit if isinstance(unit, RawChunk) else unit.parse()
         profile.rows = chunk.rows_read
         _count_rejects(profile, chunk.rejects)
@@ -141,10 +143,6 @@ def profile_unit(
             return profile
         numbers = chunk.row_numbers
         raws, dropped = raw_columns(chunk, len(schema.keys))
-    else:
-        assert isinstance(unit, CsvBlock)
-        numbers = range(unit.rows_before + 1, unit.rows_before + 1 + len(raws[0]))
-        profile.rows = len(numbers)
     functions = column_functions(schema, options, hashed=False)
     columns = [fn(raws[k], raws) for k, fn in enumerate(functions)]
     reject_rows(columns, numbers, schema, options, dropped)
@@ -164,8 +162,8 @@ def _count(
     profile: Profile, bounds: Bounds, raws: list[list[str]], columns: list[list[Cell | None]]
 ) -> None:
     """Counts the unit's normalized columns: per key, then per row. A row's key is valid
-    when its cell is neither empty nor invalid; rows are told apart by their rows of positions
-    without a valid cell (few, in most lists), not row by row."""
+    when its cell is neither empty nor invalid; the rows are counted from where keys are not
+    valid (few places, in most lists), not row by row."""
     n = len(columns[0])
     ids: list[list[Cell | None]] = []  # the non-value columns, a row's identity
     bad: dict[str, set[int]] = {}  # per key: the rows without a valid cell
@@ -196,6 +194,10 @@ def _count(
     profile.by_valid_keys.update(min(width - c, 3) for c in lacking.values())
     profile.tiers.update(_tiers(bad, n, len(none)))
     profile.rows_sendable += n - len(none)
+    if len(bad) == 1:  # a row is its one key's value
+        (key,) = bad
+        profile.distinct_rows.add(profile.per_key[key].distinct.least)
+        return
     rows: Iterable[int] = map(hash, zip(*ids, strict=True))
     if none:
         keep = [True] * n
@@ -230,4 +232,4 @@ def _least(values: Iterable[int], bound: int | None) -> list[int]:
     SKETCH_SIZE of the smallest."""
     if bound is not None:
         values = filter(bound.__gt__, values)
-    return sorted(values)[:SKETCH_SIZE]
+    return sorted(set(values))[:SKETCH_SIZE]

@@ -1,6 +1,6 @@
-"""The inspection's place in the pipeline: the hashing workers profile what they hash, and the
-`Inspector` adds their profiles up. A dry run inspects this way; `inspect()` is a dry run that
-returns the inspection."""
+"""The inspection's place in the pipeline: the hashing workers profile the units they are
+given, and the `Inspector` adds their profiles up. A dry run inspects beside its hashing;
+`inspect()` is a dry run whose workers only profile, and returns the inspection."""
 
 from __future__ import annotations
 
