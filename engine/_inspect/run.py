@@ -39,14 +39,11 @@ class Inspector:
         return partial(_profiled, hashing=self._hashing, bounds=self._profile.bounds())
 
     def take(self, results: object) -> list[EncodedChunk]:
-        """The hashed chunks of a task's results; their profiles are added up here."""
+        """The hashed chunks of a task's results; their profile is added up here."""
         assert self._profile is not None
-        out = []
-        for encoded, profile in cast(list[tuple[EncodedChunk | None, Profile]], results):
-            self._profile.merge(profile)
-            if encoded is not None:
-                out.append(encoded)
-        return out
+        chunks, profile = cast(tuple[list[EncodedChunk], Profile], results)
+        self._profile.merge(profile)
+        return chunks
 
     def result(self) -> Inspection:
         assert self._profile is not None
@@ -55,15 +52,12 @@ class Inspector:
 
 def _profiled(
     units: Units, schema: Schema, options: NormalizeOptions, *, hashing: bool, bounds: Bounds
-) -> list[tuple[EncodedChunk | None, Profile]]:
-    """Each unit hashed as the upload hashes it (with `hashing`), and profiled."""
-    return [
-        (
-            hash_unit(unit, schema, options) if hashing else None,
-            profile_unit(unit, schema, options, bounds),
-        )
-        for unit in units
-    ]
+) -> tuple[list[EncodedChunk], Profile]:
+    """The units hashed as the upload hashes them (with `hashing`), and their counts."""
+    profile = Profile(schema.keys)
+    for unit in units:
+        profile.merge(profile_unit(unit, schema, options, bounds))
+    return [hash_unit(unit, schema, options) for unit in units] if hashing else [], profile
 
 
 async def ainspect(
