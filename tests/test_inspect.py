@@ -6,9 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import engine
-from engine._inspect.profile import SKETCH_SIZE, Sketch
+from engine._input.blocks import CsvBlock
+from engine._inspect.columns import block_columns
+from engine._inspect.profile import SKETCH_SIZE, Profile, Sketch
 from engine._inspect.result import grade_of, match_score
 
 from .conftest import run_cli
@@ -57,12 +62,16 @@ def test_rows_the_key_refused_are_counted_by_reason(tmp_path: Path) -> None:
 
 def test_sketch_is_exact_small_and_close_large() -> None:
     small = Sketch()
-    small.add([f"{i:016x}" for i in range(100)])
+    small.add(range(100))
     assert small.estimate() == 100
     import hashlib
 
     big = Sketch()
-    hashes = [hashlib.sha256(str(i).encode()).hexdigest()[:16] for i in range(50_000)]
+    # 64-bit signed values, as hash() makes them.
+    hashes = [
+        int.from_bytes(hashlib.sha256(str(i).encode()).digest()[:8], "big", signed=True)
+        for i in range(50_000)
+    ]
     for start in range(0, len(hashes), 5000):  # merged chunk by chunk, as the workers send
         part = Sketch()
         part.add(sorted(set(hashes[start : start + 5000]))[:SKETCH_SIZE])
@@ -108,3 +117,61 @@ def test_every_dry_run_report_holds_the_inspection(tmp_path: Path) -> None:
     ).to_dict()
     assert report["inspection"]["rows"] == 5
     assert report["inspection"]["grade"] in "ABCDF"
+
+
+def test_a_dry_run_inspects_as_inspect_does(tmp_path: Path) -> None:
+    path = _csv(tmp_path)
+    report = engine.upload_sync(path, audience="1", ad_account="act_1", dry_run=True).to_dict()
+    assert report["inspection"] == orjson.loads(orjson.dumps(engine.inspect(path).to_dict()))
+
+
+def test_workers_count_as_one_process_would(tmp_path: Path) -> None:
+    # Several blocks over two worker processes: their sketches must agree on every value's
+    # hash, or the same address counts once per worker.
+    path = tmp_path / "repeats.csv"
+    lines = [f"person{i % 1000}@example.com,{5550000000 + i % 1000}" for i in range(40_000)]
+    path.write_text("email,phone\n" + "\n".join(lines) + "\n")
+    pooled = engine.inspect(path, workers=2)
+    assert [k.distinct for k in pooled.keys] == [1000, 1000]
+    assert pooled.duplicate_rows == 39_000
+    assert pooled == engine.inspect(path, workers=0)
+
+
+def test_profiles_from_processes_that_hash_differently_do_not_merge() -> None:
+    total, other = Profile(("EMAIL",)), Profile(("EMAIL",), probe=1)
+    total.merge(Profile(("EMAIL",), probe=2))
+    with pytest.raises(RuntimeError):
+        total.merge(other)
+
+
+_CELL = st.text(alphabet="ab ;\t\u00e9\u00a0x", max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), width=st.integers(1, 4), crlf=st.booleans(), end=st.booleans())
+def test_block_columns_read_as_the_upload_parses(
+    data: st.DataObject, width: int, crlf: bool, end: bool
+) -> None:
+    # Blocks as the reader hands them: no quote, no lone CR; now and then a ragged row.
+    rows = data.draw(st.lists(st.lists(_CELL, min_size=width, max_size=width), min_size=1))
+    if data.draw(st.booleans()):
+        rows[data.draw(st.integers(0, len(rows) - 1))].append("")
+    text = ("\r\n" if crlf else "\n").join(map(",".join, rows)) + ("\r\n" if end and crlf else "")
+    block = CsvBlock(text.encode(), 10, ",", width, tuple(reversed(range(width))))
+    columns = block_columns(block)
+    if columns is None:
+        return
+    chunk = block.parse()
+    assert not chunk.rejects and chunk.row_numbers == list(range(11, 11 + len(columns[0])))
+    assert columns == [[row[k] for row in chunk.values] for k in range(width)]
+
+
+def test_block_columns_leave_odd_blocks_to_the_parser() -> None:
+    def block(data: bytes, width: int = 2) -> CsvBlock:
+        return CsvBlock(data, 0, ",", width, tuple(range(width)))
+
+    assert block_columns(block(b"a,b\nc,d\n")) == [["a", "c"], ["b", "d"]]
+    assert block_columns(block(b"a,b\nc,d,e\n")) is None  # a ragged row
+    assert block_columns(block(b"a,b\n\nc,d\n")) is None  # a blank line
+    assert block_columns(block(b"a,b\n\xff,d\n")) is None  # not UTF-8
+    assert block_columns(block(b"a," + b"b" * (64 * 1024 + 1) + b"\n")) is None  # too long

@@ -19,7 +19,7 @@ from engine._hashing.digest import hash_value
 from engine._hashing.encode import encode_chunk, normalize_chunk
 from engine._hashing.fast_email import encode_email_lines
 from engine._hashing.pool import hash_unit
-from engine._hashing.rules import normalize_value
+from engine._hashing.rules import normalize_value, phone_column, phone_digits
 from engine._hashing.schema import IDENTIFYING_KEYS, KEYS, PLAIN_KEYS, NormalizeOptions, Schema
 from engine._input.blocks import CsvBlock
 from engine._pipeline.sender import encode_payload
@@ -240,6 +240,27 @@ def test_phone_default_country_code(raw: str, cc: str | None, expected: str) -> 
         RawChunk([1], [(raw,)]), Schema.parse("PHONE"), NormalizeOptions(default_country_code=cc)
     )
     assert chunk.data == [[sha(expected)]]
+
+
+phone_like = st.one_of(
+    st.from_regex(r"\s?\+?[0-9 ().-]{0,18}\s?", fullmatch=True),
+    st.text(alphabet="0123456789 +-()./x\n\u00e9\u0663", max_size=18),
+    st.sampled_from(["", " ", "n/a", "+49 (0)30 123456", "0044 20 7946 0958", "555 0100 ext 2"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cells=st.lists(st.tuples(phone_like, st.sampled_from([None, b"", b"1", b"44"])), max_size=30),
+    default=st.sampled_from([None, "1", "49"]),
+)
+def test_phone_column_agrees_with_the_per_cell_rule(
+    cells: list[tuple[str, bytes | None]], default: str | None
+) -> None:
+    raws, ccs = [raw for raw, _ in cells], [cc for _, cc in cells]
+    per_cell = phone_digits(default)
+    assert phone_column(default)(raws, ccs) == list(map(per_cell, raws, ccs))
+    assert phone_column(default)(raws, None) == [per_cell(raw, None) for raw in raws]
 
 
 @pytest.mark.parametrize("encode", [normalize_chunk, encode_chunk])

@@ -2,7 +2,8 @@
 
 This is the hot path: it runs once per chunk in the hashing workers. Per-cell work is C-level
 `map`s over str methods, distinct values of low-cardinality keys are normalized once per
-chunk, and EMAIL goes through `fast_email`. Every input row ends up sent or rejected, once.
+chunk, EMAIL goes through `fast_email` and PHONE through `rules.phone_column`. Every input row
+ends up sent or rejected, once. The inspection takes the same columns unhashed.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ import datetime
 from array import array
 from collections.abc import Callable, Sequence
 from itertools import accumulate, compress, count, repeat
-from operator import add, itemgetter, not_
-from typing import Protocol, cast
+from operator import add, itemgetter, le, not_
+from typing import cast
 
 import orjson
 
 from .._rows import Blanked, EncodedChunk, HashedChunk, RawChunk, Reject
 from .digest import sha256
-from .fast_email import email_column
-from .rules import calling_code, is_digest, lookalike, normalizers, phone_digits
+from .fast_email import email_column, email_texts
+from .rules import calling_code, is_digest, lookalike, normalizers, phone_column
 from .schema import (
     CACHED_KEYS,
     IDENTIFYING_KEYS,
@@ -33,13 +34,10 @@ from .schema import (
 
 CellFn = Callable[[str], Cell | None]
 
-Observer = Callable[[Sequence[tuple[str, ...]], list[list[Cell | None]]], None]
-"""Sees a chunk's raw rows and its columns as normalized (None where a cell is invalid)."""
 
-
-# (a key's cells, the rows they are from) -> its values. The rows are for PHONE, whose
-# calling code may come from the row's COUNTRY.
-ColumnFn = Callable[[Sequence[str], Sequence[tuple[str, ...]]], list[Cell | None]]
+# (a key's cells, every column of the chunk) -> its values. The other columns are for PHONE,
+# whose calling code may come from the row's COUNTRY.
+ColumnFn = Callable[[Sequence[str], Sequence[Sequence[str]]], list[Cell | None]]
 
 
 def _passthrough(raw: str) -> str | None:
@@ -48,7 +46,8 @@ def _passthrough(raw: str) -> str | None:
     return s.lower() if is_digest(s) else None
 
 
-def _hashed(norm: Normalizer) -> CellFn:
+def _hashed_key(norm: Normalizer, hashed: bool) -> CellFn:
+    """A hashed key's cell: its digest, or (not `hashed`) the text the digest is of."""
     sha = sha256
 
     def cell(raw: str) -> str | None:
@@ -57,40 +56,46 @@ def _hashed(norm: Normalizer) -> CellFn:
         v = norm(raw)
         return sha(v.encode()).hexdigest() if v else v
 
-    return cell
-
-
-class _PhoneCell(Protocol):
-    def __call__(self, raw: str, row_cc: bytes | None = None, /) -> str | None: ...
-
-
-def _hashed_phone(default_cc: str | None) -> _PhoneCell:
-    """PHONE's cell, given the row's calling code (None: the default one)."""
-    # The digits are hashed as the bytes they were cut from: no str round trip per cell.
-    digits_of = phone_digits(default_cc)
-    sha = sha256
-
-    def cell(raw: str, row_cc: bytes | None = None, /) -> str | None:
+    def text(raw: str) -> str | None:
         if len(raw) >= 64 and (digest := _passthrough(raw)) is not None:
             return digest
-        digits = digits_of(raw, row_cc)
-        if digits:
-            return sha(digits).hexdigest()
-        return None if digits is None else ""
+        return norm(raw)
 
-    return cell
+    return cell if hashed else text
 
 
-def _phone_by_country(default_cc: str | None, country_at: int) -> ColumnFn:
-    """PHONE, where each row's COUNTRY gives the calling code of a number written without one."""
-    cell = _hashed_phone(default_cc)
+def _phone(default_cc: str | None, hashed: bool, country_at: int) -> ColumnFn:
+    """PHONE; with a COUNTRY column (at `country_at`, else -1), each row's country gives the
+    calling code of a number written without one."""
+    digits_of = phone_column(default_cc)
+    sha = sha256
 
-    def column(raws: Sequence[str], rows: Sequence[tuple[str, ...]]) -> list[Cell | None]:
-        countries = list(map(itemgetter(country_at), rows))
-        codes = dict.fromkeys(countries)  # a few distinct countries per chunk
-        for country in codes:
-            codes[country] = _safe_code(country)
-        return list(map(cell, raws, map(codes.__getitem__, countries)))
+    def column(raws: Sequence[str], columns: Sequence[Sequence[str]]) -> list[Cell | None]:
+        ccs = None
+        if country_at >= 0:
+            countries = columns[country_at]
+            codes = dict.fromkeys(countries)  # a few distinct countries per chunk
+            for country in codes:
+                codes[country] = _safe_code(country)
+            ccs = list(map(codes.__getitem__, countries))
+        # Cells that already hold a digest pass as it; the others are numbers to read.
+        digests = {}
+        if max(map(len, raws), default=0) >= 64:
+            long = compress(range(len(raws)), map(le, repeat(64), map(len, raws)))
+            digests = {i: d for i in long if (d := _passthrough(raws[i])) is not None}
+        if digests:
+            raws = list(raws)
+            for i in digests:
+                raws[i] = ""
+        digits = digits_of(raws, ccs)
+        out: list[Cell | None]
+        if hashed:  # the digits are hashed as the bytes they were cut from
+            out = [sha(d).hexdigest() if d else d if d is None else "" for d in digits]
+        else:
+            out = [d if d is None else d.decode() for d in digits]
+        for i, digest in digests.items():
+            out[i] = digest
+        return out
 
     return column
 
@@ -122,7 +127,7 @@ def _safe(fn: CellFn, raw: str) -> Cell | None:
 
 
 def _by_cell(fn: CellFn) -> ColumnFn:
-    def column(raws: Sequence[str], rows: object) -> list[Cell | None]:
+    def column(raws: Sequence[str], columns: object) -> list[Cell | None]:
         try:
             return list(map(fn, raws))
         except ValueError:
@@ -133,7 +138,7 @@ def _by_cell(fn: CellFn) -> ColumnFn:
 
 def _by_distinct(fn: CellFn) -> ColumnFn:
     # One call per distinct value, kept for this chunk only so it stays as small as the chunk.
-    def column(raws: Sequence[str], rows: object) -> list[Cell | None]:
+    def column(raws: Sequence[str], columns: object) -> list[Cell | None]:
         results: dict[str, Cell | None] = dict.fromkeys(raws)
         try:
             for raw in results:
@@ -146,7 +151,16 @@ def _by_distinct(fn: CellFn) -> ColumnFn:
     return column
 
 
-def _column_functions(schema: Schema, options: NormalizeOptions) -> list[ColumnFn]:
+def _email(hashed: bool) -> ColumnFn:
+    email = email_column if hashed else email_texts
+    return lambda raws, columns: email(raws)
+
+
+def column_functions(
+    schema: Schema, options: NormalizeOptions, *, hashed: bool = True
+) -> list[ColumnFn]:
+    """A function per key from its raw cells to its payload cells; with `hashed` False, to
+    the texts those hash (what the inspection counts: no digest needed)."""
     cc = options.default_country_code
     norms = normalizers(cc, datetime.date.today().year)
     columns: list[ColumnFn] = []
@@ -159,15 +173,14 @@ def _column_functions(schema: Schema, options: NormalizeOptions) -> list[ColumnF
         elif options.prehashed:
             fn = _prehashed_cell
         elif key == "EMAIL":
-            columns.append(lambda raws, rows: email_column(raws))
-            continue
-        elif key == "PHONE" and "COUNTRY" in schema.keys:
-            columns.append(_phone_by_country(cc, schema.keys.index("COUNTRY")))
+            columns.append(_email(hashed))
             continue
         elif key == "PHONE":
-            fn = _hashed_phone(cc)
+            country_at = schema.keys.index("COUNTRY") if "COUNTRY" in schema.keys else -1
+            columns.append(_phone(cc, hashed, country_at))
+            continue
         else:
-            fn = _hashed(norms[key])
+            fn = _hashed_key(norms[key], hashed)
         columns.append(_by_distinct(fn) if key in CACHED_KEYS else _by_cell(fn))
     return columns
 
@@ -179,12 +192,9 @@ def normalize_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) 
     return HashedChunk(numbers, data, rejects, chunk.rows_read, blanked)
 
 
-def encode_chunk(
-    chunk: RawChunk, schema: Schema, options: NormalizeOptions, observe: Observer | None = None
-) -> EncodedChunk:
-    """`normalize_chunk`, with each row already serialized as it goes in the payload;
-    `observe` sees the chunk's cells before invalid ones are blanked (the inspection)."""
-    numbers, columns, rejects, blanked = _normalized(chunk, schema, options, observe)
+def encode_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) -> EncodedChunk:
+    """`normalize_chunk`, with each row already serialized as it goes in the payload."""
+    numbers, columns, rejects, blanked = _normalized(chunk, schema, options)
     rows: Sequence[object] = columns[0] if schema.single_key else list(zip(*columns, strict=True))
     if PLAIN_KEYS.isdisjoint(schema.keys):
         # Every cell is a hex digest or "", which JSON writes as its text in quotes: one dump
@@ -207,29 +217,53 @@ def encode_chunk(
 
 
 def _normalized(
-    chunk: RawChunk, schema: Schema, options: NormalizeOptions, observe: Observer | None = None
+    chunk: RawChunk, schema: Schema, options: NormalizeOptions
 ) -> tuple[list[int], list[list[Cell]], list[Reject], Blanked]:
     """The row numbers of the rows sent, their payload cells column by column, the rejects
     (the reader's and this chunk's, in input order) and the invalid cells sent as ""."""
     keys = schema.keys
-    width = len(keys)
-    reasons = [
-        "invalid_hash" if options.prehashed and k not in PLAIN_KEYS else f"invalid_{k.lower()}"
-        for k in keys
-    ]
-    value_at = keys.index(VALUE_KEY) if VALUE_KEY in keys else -1
-    id_at = [i for i in range(width) if i != value_at]
-    ident_at = [i for i in id_at if keys[i] in IDENTIFYING_KEYS]
-    numbers, values = chunk.row_numbers, chunk.values
+    numbers = chunk.row_numbers
     rejects = list(chunk.rejects)
-    if not values:
+    if not chunk.values:
         return [], [[] for _ in keys], rejects, ()
+    raws, dropped = raw_columns(chunk, len(keys))
+    columns = [fn(raws[k], raws) for k, fn in enumerate(column_functions(schema, options))]
+    reject_rows(columns, numbers, schema, options, dropped)
 
-    # Reasons by row position, so rejects come out in input order whichever check found them.
+    # An invalid cell of a row that is sent goes as "" (unknown), never as a hash; it is
+    # counted by key and reason.
+    reasons = _reasons(schema, options)
+    invalid = [None in column for column in columns]
+    blanked = tuple(
+        (keys[k], reasons[k], n)
+        for k, column in enumerate(columns)
+        if invalid[k] and (n := column.count(None) - sum(column[i] is None for i in dropped))
+    )
+    cells: list[list[Cell]] = [
+        [("" if c is None else c) for c in column] if bad else column  # type: ignore[misc]
+        for column, bad in zip(columns, invalid, strict=True)
+    ]
+    if not dropped:
+        return list(numbers), cells, rejects, blanked
+    keep = [True] * len(numbers)
+    for i in dropped:
+        keep[i] = False
+    rejects.extend(dropped[i] for i in sorted(dropped))
+    return (
+        list(compress(numbers, keep)),
+        [list(compress(column, keep)) for column in cells],
+        rejects,
+        blanked,
+    )
+
+
+def raw_columns(chunk: RawChunk, width: int) -> tuple[list[list[str]], dict[int, Reject]]:
+    """The chunk's cells column by column, and its rows of the wrong width rejected by
+    position (a reader bug: rejected rather than sent misaligned; a blank stand-in keeps
+    the other rows' positions)."""
+    values, numbers = chunk.values, chunk.row_numbers
     dropped: dict[int, Reject] = {}
     if set(map(len, values)) != {width}:
-        # A reader bug; reject rather than send misaligned columns. A blank stand-in keeps
-        # the other rows' positions.
         blank = ("",) * width
         values = values.copy()
         for i, row in enumerate(values):
@@ -237,18 +271,28 @@ def _normalized(
                 dropped[i] = Reject(numbers[i], "", "ragged_row")
                 values[i] = blank
     # One pass per key: zip(*values) would advance an iterator per row for every cell.
-    columns = [
-        fn(list(map(itemgetter(k), values)), values)
-        for k, fn in enumerate(_column_functions(schema, options))
-    ]
-    if observe is not None:
-        observe(values, columns)
+    return [list(map(itemgetter(k), values)) for k in range(width)], dropped
 
+
+def reject_rows(
+    columns: Sequence[Sequence[Cell | None]],
+    numbers: Sequence[int],
+    schema: Schema,
+    options: NormalizeOptions,
+    dropped: dict[int, Reject],
+) -> None:
+    """Adds to `dropped` (rejects by row position, so they come out in input order whichever
+    check found them) the rows of these normalized columns that cannot be sent."""
+    keys = schema.keys
+    reasons = _reasons(schema, options)
+    value_at = keys.index(VALUE_KEY) if VALUE_KEY in keys else -1
+    id_at = [i for i in range(len(keys)) if i != value_at]
+    ident_at = [i for i in id_at if keys[i] in IDENTIFYING_KEYS]
     # A row is sent when one identifying key is valid and not empty, so only rows whose
     # first identifying key is not can be rejected.
-    first = columns[ident_at[0]] if ident_at else [None] * len(values)
+    first = columns[ident_at[0]] if ident_at else [None] * len(numbers)
     others = [columns[i] for i in ident_at[1:]]
-    for i in compress(range(len(values)), map(not_, first)):
+    for i in compress(range(len(numbers)), map(not_, first)):
         if i in dropped or any(column[i] for column in others):
             continue
         bad = next((k for k in ident_at if columns[k][i] is None), -1)
@@ -263,27 +307,10 @@ def _normalized(
             if (v is None or v == "") and i not in dropped:
                 dropped[i] = Reject(numbers[i], VALUE_KEY, "invalid_lookalike_value")
 
-    # An invalid cell of a row that is sent goes as "" (unknown), never as a hash; it is
-    # counted by key and reason.
-    invalid = [None in column for column in columns]
-    blanked = tuple(
-        (keys[k], reasons[k], n)
-        for k, column in enumerate(columns)
-        if invalid[k] and (n := column.count(None) - sum(column[i] is None for i in dropped))
-    )
-    cells: list[list[Cell]] = [
-        [("" if c is None else c) for c in column] if bad else column  # type: ignore[misc]
-        for column, bad in zip(columns, invalid, strict=True)
+
+def _reasons(schema: Schema, options: NormalizeOptions) -> list[str]:
+    """Each key's reason for an invalid cell."""
+    return [
+        "invalid_hash" if options.prehashed and k not in PLAIN_KEYS else f"invalid_{k.lower()}"
+        for k in schema.keys
     ]
-    if not dropped:
-        return list(numbers), cells, rejects, blanked
-    keep = [True] * len(values)
-    for i in dropped:
-        keep[i] = False
-    rejects.extend(dropped[i] for i in sorted(dropped))
-    return (
-        list(compress(numbers, keep)),
-        [list(compress(column, keep)) for column in cells],
-        rejects,
-        blanked,
-    )

@@ -22,14 +22,7 @@ def email_column(raws: Sequence[str]) -> list[Cell | None]:
     """EMAIL for a whole column, by checks over the column's text instead of `is_email` per
     cell (a third of the cost). They place every row that breaks the rule; only those get
     the per-cell look, and columns with rare shapes get it for every row."""
-    cells = list(map(str.lower, map(str.strip, raws)))
-    rows = range(len(cells))
-    text = "\n".join(cells)
-    no_at = list(compress(rows, map(not_, map(contains, cells, repeat("@")))))
-    if _plain_addresses(text, cells, len(cells) - len(no_at)):
-        odd = no_at
-    else:
-        odd = list(compress(rows, map(not_, map(is_email, cells))))
+    cells, odd = _trimmed(raws)
     todo = cells
     if odd:
         todo = cells.copy()
@@ -39,6 +32,27 @@ def email_column(raws: Sequence[str]) -> list[Cell | None]:
     for i in odd:
         out[i] = not_an_address(cells[i])
     return out
+
+
+def email_texts(raws: Sequence[str]) -> list[Cell | None]:
+    """`email_column` before hashing: each address as it would be hashed."""
+    cells, odd = _trimmed(raws)
+    texts: list[Cell | None] = list(cells)
+    for i in odd:
+        texts[i] = not_an_address(cells[i])
+    return texts
+
+
+def _trimmed(raws: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The cells trimmed and lowercased, and the rows among them that need the per-cell
+    look (those that may be no address); every other one is an address."""
+    cells = list(map(str.lower, map(str.strip, raws)))
+    rows = range(len(cells))
+    text = "\n".join(cells)
+    no_at = list(compress(rows, map(not_, map(contains, cells, repeat("@")))))
+    if _plain_addresses(text, cells, len(cells) - len(no_at)):
+        return cells, no_at
+    return cells, list(compress(rows, map(not_, map(is_email, cells))))
 
 
 def _email_cell(s: str) -> str | None:

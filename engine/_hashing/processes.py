@@ -9,6 +9,7 @@ forking would copy.
 
 from __future__ import annotations
 
+import secrets
 from concurrent.futures import Executor
 
 from loky import ProcessPoolExecutor  # type: ignore[import-untyped]
@@ -16,5 +17,8 @@ from loky.backend.context import get_context  # type: ignore[import-untyped]
 
 
 def hashing_pool(workers: int) -> Executor:
-    pool: Executor = ProcessPoolExecutor(workers, context=get_context("loky"))
+    # One str hash seed for the pool's workers, drawn afresh for each pool: the inspection's
+    # distinct-value sketches compare hash() values made in different workers.
+    seed = {"PYTHONHASHSEED": str(1 + secrets.randbelow(2**32 - 1))}
+    pool: Executor = ProcessPoolExecutor(workers, context=get_context("loky"), env=seed)
     return pool

@@ -1,53 +1,68 @@
-"""What the inspection counts in one chunk, and how the counts of many chunks add up.
+"""What the inspection counts in one unit of input, and how the counts of many units add up.
 
-A hashing worker runs `profile_units`: each unit is normalized and hashed exactly as an upload
-would (so "valid" means what the upload will send) and, from the same cells, counted. Only
-counts and a few hash prefixes (the distinct-value sketches) come back; never a value.
+A hashing worker runs `profile_unit`: the unit's cells are normalized by the upload's own
+rules (so "valid" means what the upload will send), but not hashed, and counted. Only counts
+and a few hash values (the distinct-value sketches) come back; never a value.
 """
 
 from __future__ import annotations
 
-import datetime
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import and_, itemgetter, ne, not_, or_
+from itertools import chain, compress
+from operator import ne, not_
 
-from .._hashing.digest import hexdigest, sha256
-from .._hashing.encode import encode_chunk
-from .._hashing.rules import normalizers, phone_digits
-from .._hashing.schema import CACHED_KEYS, PLAIN_KEYS, VALUE_KEY, Cell, NormalizeOptions, Schema
+from .._hashing.encode import column_functions, raw_columns, reject_rows
+from .._hashing.schema import VALUE_KEY, Cell, NormalizeOptions, Schema
 from .._input.blocks import CsvBlock
-from .._rows import EncodedChunk, RawChunk
+from .._rows import RawChunk, Reject
+from .columns import block_columns
 
-# Hash prefixes kept per sketch: the distinct count is exact below this many and within about
+# Hash values kept per sketch: the distinct count is exact below this many and within about
 # 1/sqrt(SKETCH_SIZE) (1.6 %) above (a k-minimum-values sketch).
 SKETCH_SIZE = 4096
-_PREFIX = 16  # hex digits of a hash kept: 64 bits
-_TOP = 1 << (4 * _PREFIX)
+# The sketches hash with hash(): SipHash over the text, several times cheaper than SHA-256
+# and kept by each str once made. Its values are 64-bit, signed.
+_SPAN = 1 << 64
+# A text whose hash() tells processes with different hash seeds apart (see Profile.merge).
+_PROBE = "engine inspection"
+# Up to this many values go into a full sketch one by one; more, by a sort.
+_FEW = 256
 STRONG_KEYS = ("EMAIL", "PHONE", "MADID")
 
 
 @dataclass(slots=True)
 class Sketch:
-    """The SKETCH_SIZE smallest hash prefixes seen, sorted: a mergeable distinct count."""
+    """The SKETCH_SIZE smallest hash values seen, sorted: a mergeable distinct count."""
 
-    least: list[str] = field(default_factory=list)
+    least: list[int] = field(default_factory=list)
 
-    def bound(self) -> str | None:
-        """Prefixes at or above this cannot enter (None while the sketch is not full)."""
+    def bound(self) -> int | None:
+        """Values at or above this cannot enter (None while the sketch is not full)."""
         return self.least[-1] if len(self.least) >= SKETCH_SIZE else None
 
-    def add(self, prefixes: list[str]) -> None:
-        if prefixes:
-            self.least = sorted(set(self.least).union(prefixes))[:SKETCH_SIZE]
+    def add(self, values: Sequence[int]) -> None:
+        """Takes these values in (sorted, as workers send them)."""
+        least = self.least
+        if len(values) > _FEW or len(least) < SKETCH_SIZE:
+            if values:
+                # Two sorted runs, which sorted() merges in one pass; equal values adjoin.
+                merged = sorted(chain(least, values))
+                self.least = list(dict.fromkeys(merged))[:SKETCH_SIZE]
+            return
+        for value in values:  # few: each in its place
+            if value < least[-1]:
+                at = bisect_left(least, value)
+                if least[at] != value:
+                    least.insert(at, value)
+                    least.pop()
 
     def estimate(self) -> int:
         if len(self.least) < SKETCH_SIZE:
             return len(self.least)
-        return round((SKETCH_SIZE - 1) * _TOP / (int(self.least[-1], 16) + 1))
+        return round((SKETCH_SIZE - 1) * _SPAN / (self.least[-1] + _SPAN // 2 + 1))
 
 
 @dataclass(slots=True)
@@ -61,7 +76,7 @@ class KeyCounts:
 
 @dataclass(slots=True)
 class Profile:
-    """Counts of some rows of one input. Chunks' profiles `merge` into the input's."""
+    """Counts of some rows of one input. Units' profiles `merge` into the input's."""
 
     keys: tuple[str, ...]
     rows: int = 0
@@ -71,12 +86,18 @@ class Profile:
     tiers: Counter[str] = field(default_factory=Counter)
     rows_sendable: int = 0
     distinct_rows: Sketch = field(default_factory=Sketch)
+    probe: int | None = None  # hash(_PROBE) where the sketches were made
 
     def __post_init__(self) -> None:
         for key in self.keys:
             self.per_key.setdefault(key, KeyCounts())
 
     def merge(self, other: Profile) -> None:
+        # Sketches made with another hash seed would merge into nonsense, silently.
+        if self.probe is None:
+            self.probe = other.probe
+        elif other.probe not in (None, self.probe):
+            raise RuntimeError("inspection profiles made with different hash seeds")
         self.rows += other.rows
         self.rows_rejected.update(other.rows_rejected)
         self.by_valid_keys.update(other.by_valid_keys)
@@ -92,7 +113,7 @@ class Profile:
             ours.distinct.add(theirs.distinct.least)
 
     def bounds(self) -> Bounds:
-        """What a worker may leave out of its sketches: prefixes these sketches cannot take."""
+        """What a worker may leave out of its sketches: values these sketches cannot take."""
         return Bounds(
             {k: c.distinct.bound() for k, c in self.per_key.items()}, self.distinct_rows.bound()
         )
@@ -100,137 +121,115 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
-    per_key: dict[str, str | None]
-    rows: str | None
+    per_key: dict[str, int | None]
+    rows: int | None
 
 
-def profile_units(
-    units: list[RawChunk | CsvBlock], schema: Schema, options: NormalizeOptions, bounds: Bounds
-) -> list[tuple[EncodedChunk, Profile]]:
-    """Each unit hashed as an upload hashes it, with its profile (a hashing worker's task)."""
-    out = []
-    for unit in units:
+def profile_unit(
+    unit: RawChunk | CsvBlock, schema: Schema, options: NormalizeOptions, bounds: Bounds
+) -> Profile:
+    """The counts of one unit of input (a hashing worker's task; no digest is made)."""
+    profile = Profile(schema.keys, probe=hash(_PROBE))
+    dropped: dict[int, Reject] = {}
+    numbers: Sequence[int]
+    if isinstance(unit, CsvBlock) and (raws := block_columns(unit)) is not None:
+        numbers = range(unit.rows_before + 1, unit.rows_before + 1 + len(raws[0]))
+        profile.rows = len(numbers)
+    else:
         chunk = unit if isinstance(unit, RawChunk) else unit.parse()
-        profile = Profile(schema.keys)
-        counter = _ChunkCounter(profile, schema, options, bounds)
-        encoded = encode_chunk(chunk, schema, options, counter.observe)
-        profile.rows = encoded.rows_read
-        for reject in encoded.rejects:
-            profile.rows_rejected[reject.reason] += 1
-            if reject.key in profile.per_key:
-                profile.per_key[reject.key].rejected[reject.reason] += 1
-        out.append((encoded, profile))
-    return out
+        profile.rows = chunk.rows_read
+        _count_rejects(profile, chunk.rejects)
+        if not chunk.values:
+            return profile
+        numbers = chunk.row_numbers
+        raws, dropped = raw_columns(chunk, len(schema.keys))
+    functions = column_functions(schema, options, hashed=False)
+    columns = [fn(raws[k], raws) for k, fn in enumerate(functions)]
+    reject_rows(columns, numbers, schema, options, dropped)
+    _count_rejects(profile, dropped.values())
+    _count(profile, bounds, raws, columns)
+    return profile
 
 
-class _ChunkCounter:
-    def __init__(
-        self, profile: Profile, schema: Schema, options: NormalizeOptions, bounds: Bounds
-    ) -> None:
-        self.profile = profile
-        self.schema = schema
-        self.options = options
-        self.bounds = bounds
-
-    def observe(self, values: Sequence[tuple[str, ...]], columns: list[list[Cell | None]]) -> None:
-        keys = self.schema.keys
-        ids: list[list[bool]] = []
-        by_key: dict[str, list[bool]] = {}
-        for k, key in enumerate(keys):
-            raws = list(map(itemgetter(k), values))
-            cells = columns[k]
-            counts = self.profile.per_key[key]
-            empty, invalid = cells.count(""), cells.count(None)
-            counts.filled += len(cells) - empty
-            if key == VALUE_KEY:
-                counts.valid += len(cells) - empty - invalid
-                continue
-            valid = list(map(bool, cells))
-            counts.valid += sum(valid)
-            ids.append(valid)
-            by_key[key] = valid
-            good_raws = list(compress(raws, valid))
-            good_cells = list(compress(cells, valid))
-            counts.changed += self._changed(key, good_raws, good_cells)
-            counts.distinct.add(_prefixes(_hex(key, good_cells), self.bounds.per_key.get(key)))
-        self._rows(ids, by_key, columns)
-
-    def _changed(self, key: str, raws: list[str], cells: list[Cell | None]) -> int:
-        """How many of these valid cells normalization changed."""
-        if key in PLAIN_KEYS:
-            return sum(map(ne, raws, cells))
-        if key == "EMAIL" or self.options.prehashed:
-            return sum(map(ne, raws, map(str.lower, map(str.strip, raws))))
-        if key == "PHONE":
-            digits = phone_digits(self.options.default_country_code)
-            return sum(ne(raw.encode(), digits(raw, None)) for raw in raws)
-        norm = normalizers(self.options.default_country_code, datetime.date.today().year)[key]
-        if key in CACHED_KEYS:
-            moved = {raw for raw in set(raws) if norm(raw) != raw}
-            return sum(map(moved.__contains__, raws))
-        return sum(map(ne, raws, map(norm, raws)))  # pragma: no cover - every key is above
-
-    def _rows(
-        self, ids: list[list[bool]], by_key: dict[str, list[bool]], columns: list[list[Cell | None]]
-    ) -> None:
-        profile = self.profile
-        if not ids:
-            return
-        per_row = list(map(sum, zip(*ids, strict=True))) if len(ids) > 1 else list(map(int, ids[0]))
-        profile.by_valid_keys.update(min(n, 3) for n in per_row)
-        profile.tiers.update(_tiers(by_key, per_row))
-        sendable = sum(1 for n in per_row if n)
-        profile.rows_sendable += sendable
-        keys = [k for k in self.schema.keys if k != VALUE_KEY]
-        if len(keys) == 1:
-            row_hashes = _hex(
-                keys[0], list(compress(columns[self.schema.keys.index(keys[0])], ids[0]))
-            )
-        else:
-            # An invalid cell reads "None" here: no hash, and (nearly) no id, is written so.
-            at = [self.schema.keys.index(k) for k in keys]
-            rows = zip(*[map(str, columns[i]) for i in at], strict=True)
-            joined = compress(map("\x1f".join, rows), per_row)
-            row_hashes = list(map(hexdigest, map(sha256, map(str.encode, joined))))
-        profile.distinct_rows.add(_prefixes(row_hashes, self.bounds.rows))
+def _count_rejects(profile: Profile, rejects: Iterable[Reject]) -> None:
+    for reject in rejects:
+        profile.rows_rejected[reject.reason] += 1
+        if reject.key in profile.per_key:
+            profile.per_key[reject.key].rejected[reject.reason] += 1
 
 
-def _tiers(by_key: dict[str, list[bool]], per_row: list[int]) -> Counter[str]:
+def _count(
+    profile: Profile, bounds: Bounds, raws: list[list[str]], columns: list[list[Cell | None]]
+) -> None:
+    """Counts the unit's normalized columns: per key, then per row. A row's key is valid
+    when its cell is neither empty nor invalid; the rows are counted from where keys are not
+    valid (few places, in most lists), not row by row."""
+    n = len(columns[0])
+    ids: list[list[Cell | None]] = []  # the non-value columns, a row's identity
+    bad: dict[str, set[int]] = {}  # per key: the rows without a valid cell
+    for key, raw, cells in zip(profile.keys, raws, columns, strict=True):
+        counts = profile.per_key[key]
+        empty, invalid = cells.count(""), cells.count(None)
+        counts.filled += n - empty
+        counts.valid += n - empty - invalid
+        if key == VALUE_KEY:
+            continue
+        # The valid cells normalization changed: of the cells that differ from their text,
+        # all but the invalid ones and the empty ones that were not blank already (only a
+        # blank text normalizes to ""). list.count(True) adds up in C, sum() the slow way.
+        differ = list(map(ne, raw, cells)).count(True)
+        counts.changed += differ - invalid - (empty - raw.count(""))
+        bad[key] = set(compress(range(n), map(not_, cells))) if empty or invalid else set()
+        # Invalid cells are sent as unknown (""), so rows differing only there are the same.
+        ids.append([c if c is not None else "" for c in cells] if invalid else cells)
+        distinct = set(cells)
+        distinct.difference_update(("", None))
+        counts.distinct.add(_least(map(hash, distinct), bounds.per_key.get(key)))
+
+    # Rows by how many keys they lack: those lacking none are left out (most rows).
+    lacking = Counter(chain.from_iterable(bad.values()))
+    width = len(bad)
+    none = {i for i, c in lacking.items() if c == width}
+    profile.by_valid_keys[min(width, 3)] += n - len(lacking)
+    profile.by_valid_keys.update(min(width - c, 3) for c in lacking.values())
+    profile.tiers.update(_tiers(bad, n, len(none)))
+    profile.rows_sendable += n - len(none)
+    if len(bad) == 1:  # a row is its one key's value
+        (key,) = bad
+        profile.distinct_rows.add(profile.per_key[key].distinct.least)
+        return
+    rows: Iterable[int] = map(hash, zip(*ids, strict=True))
+    if none:
+        keep = [True] * n
+        for i in none:
+            keep[i] = False
+        rows = compress(rows, keep)
+    profile.distinct_rows.add(_least(rows, bounds.rows))
+
+
+def _tiers(bad: dict[str, set[int]], n: int, none: int) -> Counter[str]:
     """Rows by the strength of their keys (docs/inspect.md): "strong" has an email, phone or
     mobile advertiser id; "name_place" a name and a place; "weak" some other key; "none" none."""
-    none = [False] * len(per_row)
-    strong = none
-    for key in STRONG_KEYS:
-        if key in by_key:
-            strong = list(map(or_, strong, by_key[key]))
-    name = list(map(or_, by_key.get("FN", none), by_key.get("FI", none)))
-    name = list(map(and_, name, by_key.get("LN", none)))
-    place = none
-    for key in ("ZIP", "CT", "ST"):
-        if key in by_key:
-            place = list(map(or_, place, by_key[key]))
-    n_strong = sum(strong)
-    n_name_place = sum(map(and_, map(and_, name, place), map(not_, strong)))
-    n_none = per_row.count(0)
+
+    def lacking(*keys: str) -> set[int]:
+        """Rows without a valid cell in any of these keys (a key the list lacks: every row)."""
+        present = [bad[k] for k in keys if k in bad]
+        return set.intersection(*present) if present else set(range(n))
+
+    weak = lacking(*STRONG_KEYS)
+    name_place = weak - lacking("FN", "FI") - lacking("LN") - lacking("ZIP", "CT", "ST")
+    strong = n - len(weak)
     return Counter(
-        strong=n_strong,
-        name_place=n_name_place,
-        weak=len(per_row) - n_strong - n_name_place - n_none,
-        none=n_none,
+        strong=strong,
+        name_place=len(name_place),
+        weak=n - strong - len(name_place) - none,
+        none=none,
     )
 
 
-def _hex(key: str, cells: list[Cell | None]) -> list[str]:
-    """Hex hashes of valid cells: hashed keys' cells are their digests already."""
-    if key in PLAIN_KEYS:
-        return [sha256(str(c).encode()).hexdigest() for c in cells]
-    return cells  # type: ignore[return-value]
-
-
-def _prefixes(hashes: list[str], bound: str | None) -> list[str]:
-    """The sketch's candidates among these hashes: their prefixes below `bound`, at most
-    SKETCH_SIZE of them."""
-    prefixes = sorted({h[:_PREFIX] for h in hashes})
+def _least(values: Iterable[int], bound: int | None) -> list[int]:
+    """The sketch's candidates among these hash values: those below `bound`, at most
+    SKETCH_SIZE of the smallest."""
     if bound is not None:
-        prefixes = prefixes[: bisect_left(prefixes, bound)]
-    return prefixes[:SKETCH_SIZE]
+        values = [v for v in values if v < bound]  # 3x filter(bound.__gt__, ...)'s speed
+    return sorted(set(values))[:SKETCH_SIZE]

@@ -1,47 +1,49 @@
-"""The inspection's place in the pipeline: the hashing workers profile what they hash, and the
-`Inspector` adds their profiles up. A dry run inspects this way; `inspect()` is a dry run that
-returns the inspection."""
+"""The inspection's place in the pipeline: the hashing workers profile the units they are
+given, and the `Inspector` adds their profiles up. A dry run inspects beside its hashing;
+`inspect()` is a dry run whose workers only profile, and returns the inspection."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
+from .._hashing.pool import hash_unit
 from .._hashing.schema import NormalizeOptions, Schema
 from .._input.blocks import CsvBlock
 from .._input.memory import Source, aopen_source
 from .._rows import EncodedChunk, RawChunk
-from .profile import Profile, profile_units
+from .profile import Bounds, Profile, profile_unit
 from .result import Inspection, inspection_of
 
 Work = Callable[..., Any]
+Units = list[RawChunk | CsvBlock]
 
 
 class Inspector:
-    """Profiles the chunks of one run as they are hashed. `bind` it to the run's schema, hand
-    `work()` to the workers in place of plain hashing, pass what they return through `take`."""
+    """Profiles the units of one run in the hashing workers. `bind` it to the run's schema,
+    hand `work()` to the workers in place of plain hashing, pass what they return through
+    `take`. Without `hashing`, the workers only profile and no chunk comes out."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hashing: bool = True) -> None:
+        self._hashing = hashing
         self._profile: Profile | None = None
 
     def bind(self, schema: Schema) -> None:
         self._profile = Profile(schema.keys)
 
     def work(self) -> Work:
-        """The workers' task: hash and profile, leaving out what the sketches cannot take."""
+        """The workers' task, leaving out what the sketches cannot take."""
         assert self._profile is not None
-        return partial(_profiled, bounds=self._profile.bounds())
+        return partial(_profiled, hashing=self._hashing, bounds=self._profile.bounds())
 
     def take(self, results: object) -> list[EncodedChunk]:
-        """The hashed chunks of a task's results; their profiles are added up here."""
+        """The hashed chunks of a task's results; their profile is added up here."""
         assert self._profile is not None
-        out = []
-        for encoded, profile in results:  # type: ignore[attr-defined]
-            self._profile.merge(profile)
-            out.append(encoded)
-        return out
+        chunks, profile = cast(tuple[list[EncodedChunk], Profile], results)
+        self._profile.merge(profile)
+        return chunks
 
     def result(self) -> Inspection:
         assert self._profile is not None
@@ -49,9 +51,13 @@ class Inspector:
 
 
 def _profiled(
-    units: list[RawChunk | CsvBlock], schema: Schema, options: NormalizeOptions, *, bounds: object
-) -> object:
-    return profile_units(units, schema, options, bounds)  # type: ignore[arg-type]
+    units: Units, schema: Schema, options: NormalizeOptions, *, hashing: bool, bounds: Bounds
+) -> tuple[list[EncodedChunk], Profile]:
+    """The units hashed as the upload hashes them (with `hashing`), and their counts."""
+    profile = Profile(schema.keys)
+    for unit in units:
+        profile.merge(profile_unit(unit, schema, options, bounds))
+    return [hash_unit(unit, schema, options) for unit in units] if hashing else [], profile
 
 
 async def ainspect(
@@ -87,7 +93,7 @@ async def ainspect(
         workers=workers,
         dry_run=True,
     )
-    inspector = Inspector()
+    inspector = Inspector(hashing=False)  # only the counts: no digest, no payload
     with await aopen_source(source, format) as opened:
         await run_job(
             job,
