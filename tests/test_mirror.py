@@ -14,6 +14,7 @@ import pytest
 
 import engine
 from engine._errors import InputError
+from engine._hashing.packed import Packer
 from engine._mirror.store import SqliteStore, default_state_dir
 from engine.testing.fakegraph import FakeGraph, LogEntry
 from engine.testing.sample import EIGHT_KEYS, sample_rows
@@ -47,7 +48,10 @@ def state_rows() -> set[tuple[Any, ...]]:
     """The hashed rows the mirror state holds for the test audience."""
     store = SqliteStore(default_state_dir(), AD_ACCOUNT, AUDIENCE)
     try:
-        return {tuple(orjson.loads(row)) for _, row in store.rows()}
+        state = store.state()
+        assert state is not None
+        packer = Packer(orjson.loads(state.schema))
+        return {packer.unpack(row) for _, row in store.rows()}
     finally:
         store.close()
 
