@@ -110,6 +110,20 @@ async def test_a_first_mirror_replaces_then_only_the_diff_goes_out(
         previous = want
 
 
+async def test_rows_packed_in_worker_processes_diff_as_in_the_parent(
+    fake: FakeGraph, tmp_path: Path
+) -> None:
+    first, second = version(tmp_path, 0), version(tmp_path, 1)
+    await mirror(fake, first, workers=0)
+    mark = len(fake.log)
+    report = await mirror(fake, second, workers=2)
+    want, had = expected_rows(second), expected_rows(first)
+    assert (report["added"], report["removed"]) == (len(want - had), len(had - want))
+    assert 0 < report["added"] <= CHURN
+    assert sent(fake, mark, "add") == report["added"] and sent(fake, mark, "replace") == 0
+    assert fake.members(AUDIENCE) == want == state_rows()
+
+
 async def test_the_same_list_again_sends_nothing(fake: FakeGraph, tmp_path: Path) -> None:
     path = version(tmp_path, 0)
     await mirror(fake, path)
