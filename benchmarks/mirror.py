@@ -5,14 +5,16 @@ state of the day before, against a dry run of the same file.
     python -m benchmarks.mirror --rows 1000000,10000000
 
 Per size: the first mirror (a replace, which sets the state), a dry run of the churned file,
-the churned mirror (wall time, peak RSS of the engine and its workers), the rows the fake
-acknowledged per mode during the churned mirror (from its log), and the state file's size.
+the churned mirror (wall time, CPU time and peak RSS of the engine and its workers, each
+beside the dry run's), the rows the fake acknowledged per mode during the churned mirror
+(from its log), the state file's size, and the load average before each of the two runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import urllib.request
@@ -70,9 +72,11 @@ def scenario(cache: Path, rows: int) -> dict[str, Any]:
         print(f"{rows:,} rows: first mirror ...", file=sys.stderr, flush=True)
         first = measure(engine_cmd(day0, url, report, *mirror), env)
         print(f"{rows:,} rows: dry run ...", file=sys.stderr, flush=True)
+        loads = [os.getloadavg()[0]]
         dry = measure(engine_cmd(day1, url, report, "--dry-run"), env)
         mark = len(fake_log(url))
         print(f"{rows:,} rows: churned mirror ...", file=sys.stderr, flush=True)
+        loads.append(os.getloadavg()[0])
         churn = measure(engine_cmd(day1, url, report, *mirror), env)
         result = json.loads(report.read_text())
         entries = fake_log(url)[mark:]
@@ -86,29 +90,36 @@ def scenario(cache: Path, rows: int) -> dict[str, Any]:
         "first_s": first.wall_s,
         "first_rss_mb": first.peak_rss_mb,
         "dry_s": dry.wall_s,
+        "dry_cpu_s": dry.cpu_s,
+        "dry_rss_mb": dry.peak_rss_mb,
         "mirror_s": churn.wall_s,
+        "mirror_cpu_s": churn.cpu_s,
         "mirror_rss_mb": churn.peak_rss_mb,
         "added": result["added"],
         "removed": result["removed"],
         "sent": sent,
         "state_mb_per_m": state / 2**20 / (rows / 1e6),
+        "loads": loads,
     }
 
 
 def render(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| rows | first mirror (replace) | dry run | churned mirror | x dry run | peak RSS "
-        "| added / removed | sent: add / remove / replace | state per 1M rows |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| rows | first mirror (replace) | dry run | churned mirror | x dry run "
+        "| CPU: dry run / mirror | peak RSS: dry run / mirror | added / removed "
+        "| sent: add / remove / replace | state per 1M rows | load average |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         s = r["sent"]
         lines.append(
             f"| {r['rows']:,} | {r['first_s']:.1f} s ({r['first_rss_mb']:.0f} MB) "
             f"| {r['dry_s']:.1f} s | {r['mirror_s']:.1f} s | {r['mirror_s'] / r['dry_s']:.2f} "
-            f"| {r['mirror_rss_mb']:.0f} MB | {r['added']:,} / {r['removed']:,} "
+            f"| {r['dry_cpu_s']:.1f} s / {r['mirror_cpu_s']:.1f} s "
+            f"| {r['dry_rss_mb']:.0f} MB / {r['mirror_rss_mb']:.0f} MB "
+            f"| {r['added']:,} / {r['removed']:,} "
             f"| {s['add']:,} / {s['remove']:,} / {s['replace']:,} "
-            f"| {r['state_mb_per_m']:.0f} MB |"
+            f"| {r['state_mb_per_m']:.0f} MB | {' / '.join(f'{x:.1f}' for x in r['loads'])} |"
         )
     return "\n".join(lines)
 

@@ -53,12 +53,21 @@ class HashedChunk:
     blanked: Blanked = ()
 
 
+class Packed(NamedTuple):
+    """A chunk's payload rows in compact binary (`_hashing/packed.py`), with their digests:
+    `rows[i]` is row i of its chunk, `digests[i]` names it."""
+
+    digests: list[bytes]
+    rows: list[bytes]
+
+
 class EncodedChunk(NamedTuple):
     """Rows ready to batch, already in their payload form: each row's JSON, joined by commas.
 
     Workers return this instead of a HashedChunk so that one bytes object crosses the process
     boundary and nothing is serialized twice. Row i ends at `stops[i] - 1` and the next one
     starts at `stops[i]` (past the comma); `row_numbers[i]` is its input row number.
+    `packed` holds the rows packed too, when the hashing was asked for it (a mirror's diff).
     """
 
     row_numbers: array[int]
@@ -67,3 +76,4 @@ class EncodedChunk(NamedTuple):
     rejects: list[Reject]
     rows_read: int
     blanked: Blanked = ()
+    packed: Packed | None = None

@@ -14,6 +14,7 @@ import pytest
 
 import engine
 from engine._errors import InputError
+from engine._hashing.packed import Packer
 from engine._mirror.store import SqliteStore, default_state_dir
 from engine.testing.fakegraph import FakeGraph, LogEntry
 from engine.testing.sample import EIGHT_KEYS, sample_rows
@@ -47,7 +48,10 @@ def state_rows() -> set[tuple[Any, ...]]:
     """The hashed rows the mirror state holds for the test audience."""
     store = SqliteStore(default_state_dir(), AD_ACCOUNT, AUDIENCE)
     try:
-        return {tuple(orjson.loads(row)) for _, row in store.rows()}
+        state = store.state()
+        assert state is not None
+        packer = Packer(orjson.loads(state.schema))
+        return {packer.unpack(row) for _, row in store.rows()}
     finally:
         store.close()
 
@@ -104,6 +108,20 @@ async def test_a_first_mirror_replaces_then_only_the_diff_goes_out(
         assert fake.members(AUDIENCE) == want == state_rows()
         assert fake.violations == []
         previous = want
+
+
+async def test_rows_packed_in_worker_processes_diff_as_in_the_parent(
+    fake: FakeGraph, tmp_path: Path
+) -> None:
+    first, second = version(tmp_path, 0), version(tmp_path, 1)
+    await mirror(fake, first, workers=0)
+    mark = len(fake.log)
+    report = await mirror(fake, second, workers=2)
+    want, had = expected_rows(second), expected_rows(first)
+    assert (report["added"], report["removed"]) == (len(want - had), len(had - want))
+    assert 0 < report["added"] <= CHURN
+    assert sent(fake, mark, "add") == report["added"] and sent(fake, mark, "replace") == 0
+    assert fake.members(AUDIENCE) == want == state_rows()
 
 
 async def test_the_same_list_again_sends_nothing(fake: FakeGraph, tmp_path: Path) -> None:

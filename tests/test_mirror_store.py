@@ -3,17 +3,19 @@ later) must do. Add an implementation to `STORES` and it is held to every test h
 
 from __future__ import annotations
 
+import sqlite3
 from array import array
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
-import orjson
 import pytest
 
 from engine._errors import InputError
-from engine._mirror.plan import PlanFile, row_digest
-from engine._mirror.store import MirrorStore, Plan, SqliteStore
-from engine._rows import EncodedChunk
+from engine._hashing.packed import Packer
+from engine._mirror.plan import PlanFile
+from engine._mirror.store import MirrorStore, Plan, SqliteStore, State
+from engine._rows import EncodedChunk, Packed
 
 ACCOUNT, AUDIENCE = "act_42", "777"
 
@@ -29,12 +31,20 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MirrorStor
     made.close()
 
 
-def row(n: int) -> bytes:
-    return orjson.dumps([f"{n:064x}", ""])
+PACKER = Packer(("EMAIL", "PHONE"))
+
+
+def packed(*ns: int) -> Packed:
+    """Rows `ns` as the hashing workers pack them: an EMAIL digest each, no PHONE."""
+    return PACKER.pack([[f"{n:064x}" for n in ns], [""] * len(ns)])
 
 
 def pairs(*ns: int) -> list[tuple[bytes, bytes]]:
-    return [(row_digest(row(n)), row(n)) for n in ns]
+    return list(zip(*packed(*ns), strict=True))
+
+
+def row(n: int) -> bytes:
+    return packed(n).rows[0]
 
 
 def held(store: MirrorStore) -> set[bytes]:
@@ -43,15 +53,9 @@ def held(store: MirrorStore) -> set[bytes]:
 
 def plan_file(tmp_path: Path, *ns: int) -> PlanFile:
     """A sealed plan file whose input holds rows `ns` (repeats too)."""
-    rows = [row(n) for n in ns]
-    data = b",".join(rows)
-    stops = array("q")
-    end = 0
-    for r in rows:
-        end += len(r) + 1
-        stops.append(end)
     plan = PlanFile(tmp_path / "plan.sqlite", create=True)
-    plan.add_rows(EncodedChunk(array("q", range(1, len(ns) + 1)), data, stops, [], len(ns)))
+    numbers = array("q", range(1, len(ns) + 1))
+    plan.add_rows(EncodedChunk(numbers, b"", array("q"), [], len(ns), (), packed(*ns)))
     plan.seal()
     return plan
 
@@ -92,10 +96,12 @@ def test_an_acknowledged_batch_is_applied_once(store: MirrorStore) -> None:
     store.apply(1, "add", 1, pairs(4, 5))
     store.apply(1, "remove", 1, pairs(1))
     assert held(store) == {row(2), row(3), row(4), row(5)}
+    assert store.state() == State("[]", 4), "the count follows the rows"
     # The same batch again (a resumed settle) changes nothing, even after the state moved.
     store.apply(1, "add", 2, pairs(1))
     store.apply(1, "remove", 1, pairs(2))
     assert held(store) == {row(1), row(2), row(3), row(4), row(5)}
+    assert store.state() == State("[]", 5)
     assert store.applied(1, "add") == {1, 2} and store.applied(1, "remove") == {1}
     store.end_plan(1)
     assert store.applied(1, "add") == set()
@@ -136,3 +142,27 @@ def test_state_files_are_private(tmp_path: Path) -> None:
     SqliteStore(tmp_path, ACCOUNT, AUDIENCE).close()
     for path in (tmp_path / "mirror").rglob("*"):
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_a_state_of_an_older_format_is_no_state(tmp_path: Path) -> None:
+    path = tmp_path / "mirror" / ACCOUNT / f"{AUDIENCE}.sqlite"
+    path.parent.mkdir(parents=True)
+    with closing(sqlite3.connect(path)) as old, old:  # the first format: rows as JSON text
+        old.executescript(
+            "CREATE TABLE meta(id INTEGER PRIMARY KEY, schema TEXT NOT NULL);"
+            "CREATE TABLE rows(digest BLOB PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID;"
+        )
+        old.execute("INSERT INTO meta VALUES (1, '[\"EMAIL\"]')")
+        old.execute("INSERT INTO rows VALUES (x'00', '[\"ab\"]')")
+    store = SqliteStore(tmp_path, ACCOUNT, AUDIENCE)
+    try:
+        assert store.state() is None and held(store) == set()
+        store.establish(1, "[]", pairs(1))
+        assert store.state() == State("[]", 1)
+    finally:
+        store.close()
+    reopened = SqliteStore(tmp_path, ACCOUNT, AUDIENCE)
+    try:
+        assert held(reopened) == {row(1)}, "a state of this format is kept"
+    finally:
+        reopened.close()

@@ -20,6 +20,7 @@ import orjson
 from .._rows import Blanked, EncodedChunk, HashedChunk, RawChunk, Reject
 from .digest import sha256
 from .fast_email import email_column, email_texts
+from .packed import Packer
 from .rules import calling_code, is_digest, lookalike, normalizers, phone_column
 from .schema import (
     CACHED_KEYS,
@@ -193,7 +194,8 @@ def normalize_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) 
 
 
 def encode_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) -> EncodedChunk:
-    """`normalize_chunk`, with each row already serialized as it goes in the payload."""
+    """`normalize_chunk`, with each row already serialized as it goes in the payload (and
+    packed, when `options` ask)."""
     numbers, columns, rejects, blanked = _normalized(chunk, schema, options)
     rows: Sequence[object] = columns[0] if schema.single_key else list(zip(*columns, strict=True))
     if PLAIN_KEYS.isdisjoint(schema.keys):
@@ -213,7 +215,8 @@ def encode_chunk(chunk: RawChunk, schema: Schema, options: NormalizeOptions) -> 
         data = b",".join(fragments)
         # Where each row's comma falls, plus one: the running length of rows and commas.
         stops = array("q", map(add, accumulate(map(len, fragments)), count(1)))
-    return EncodedChunk(array("q", numbers), data, stops, rejects, chunk.rows_read, blanked)
+    packed = Packer(schema.keys).pack(columns) if options.packed else None
+    return EncodedChunk(array("q", numbers), data, stops, rejects, chunk.rows_read, blanked, packed)
 
 
 def _normalized(

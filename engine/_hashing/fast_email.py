@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from .._rows import EncodedChunk, Reject
 from .digest import hexdigest, sha256
+from .packed import Packer
 from .rules import is_digest, is_email
 from .schema import Cell, Schema
 
@@ -169,13 +170,16 @@ def _even_stops(width: int, rows: int) -> array[int]:
     return run[:rows]
 
 
-def encode_email_lines(lines: list[bytes], first_row: int, schema: Schema) -> EncodedChunk | None:
+def encode_email_lines(
+    lines: list[bytes], first_row: int, schema: Schema, *, packed: bool = False
+) -> EncodedChunk | None:
     """`encode_chunk` of an EMAIL-only, not prehashed, chunk given as the UTF-8 lines of its
     rows, one cell each, numbered from `first_row` (`CsvBlock.cell_lines`), worked on as
     bytes: no str per cell, and the payload JSON joined straight from the digests.
 
     None when the whole-block checks still fail with the cells they flag set aside (not
     seen yet); the general path then gives the same result for that block, cell by cell.
+    With `packed`, the rows are packed too.
     """
     # ASCII bytes trim and lowercase as their text does (bytes.strip misses the \x1c-\x1f
     # separators str.strip takes, but any control character fails the checks below).
@@ -220,7 +224,9 @@ def encode_email_lines(lines: list[bytes], first_row: int, schema: Schema) -> En
     row_numbers = array("q", struct.pack(f"{len(hexes)}q", *numbers))
     start, sep, end, width = _EMAIL_ROWS[schema.single_key is not None]
     data = start + sep.join(hexes).encode() + end if hexes else b""
-    return EncodedChunk(row_numbers, data, _even_stops(width, len(hexes)), rejects, n)
+    stops = _even_stops(width, len(hexes))
+    packing = Packer(schema.keys).pack([hexes]) if packed else None
+    return EncodedChunk(row_numbers, data, stops, rejects, n, (), packing)
 
 
 # Deleted from a column's UTF-8 to leave its skeleton: "@", ".", newlines, spaces, controls.

@@ -21,7 +21,8 @@ def hash_unit(unit: RawChunk | CsvBlock, schema: Schema, options: NormalizeOptio
         schema.keys == ("EMAIL",)
         and not options.prehashed
         and (lines := unit.cell_lines()) is not None
-        and (done := encode_email_lines(lines, unit.rows_before + 1, schema)) is not None
+        and (done := encode_email_lines(lines, unit.rows_before + 1, schema, packed=options.packed))
+        is not None
     ):
         return done
     return encode_chunk(unit.parse(), schema, options)

@@ -121,6 +121,7 @@ class Schema:
 class NormalizeOptions:
     prehashed: bool = False  # values already normalized+hashed: validate 64-hex, do not hash again
     default_country_code: str | None = None  # digits like "1"; PHONE numbers without one get it
+    packed: bool = False  # the rows packed too, with their digests (a mirror's diff: packed.py)
 
     def __post_init__(self) -> None:
         cc = self.default_country_code

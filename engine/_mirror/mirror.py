@@ -3,8 +3,9 @@
 1. An earlier mirror's plan still under way is settled first: a replace is resumed in its
    session and finished; the acknowledged batches of additions and removals go into the
    state (their sub-jobs' checkpoints say which), and the rest is left to the new diff.
-2. The input is read as a dry run (the same reader, normalizer and hasher), its payload rows
-   written to a plan file; SQLite takes the set differences against the state on disk.
+2. The input is read as a dry run (the same reader, normalizer and hasher), its rows packed
+   by the hashing workers and written to a plan file; SQLite takes the set differences
+   against the state on disk.
 3. No state (or another schema's, or `resync`), or a diff above `replace_threshold` of the
    list: the input's distinct rows go as a replace. Otherwise additions go as an add job and
    removals as a remove job, each in its own session, through the same pipeline as any job
@@ -28,24 +29,24 @@ from typing import Any
 
 import orjson
 
-from .._errors import EMPTY_REPLACE, ApiError, InputError, TransportError
+from .._errors import EMPTY_REPLACE, InputError
 from .._graph.client import GraphClient
+from .._hashing.packed import Packer
 from .._hashing.schema import Schema
 from .._input.memory import aopen_source
 from .._input.source import InputFile
 from .._options import UploadJob
 from .._pipeline.run import RequestHook, run_job
+from .._pipeline.send_stage import until_replace_done
 from .._pipeline.sender import RetryPolicy
 from .._quota.account import AccountQuota
 from .._report import ProgressFn, Report, Status
 from .._resume.checkpoint import Checkpoint
-from .plan import Part, PlanFile, payload_cells
+from .plan import Part, PlanFile
 from .store import Plan, PlanKind, SqliteStore, State, default_state_dir
 
 log = logging.getLogger("engine.mirror")
 
-# How often to ask whether a replace has finished on Meta's side, at most.
-SETTLE_POLL_MAX_S = 30.0
 _STATUS_RANK: dict[Status, int] = {"dry_run": 0, "completed": 0, "interrupted": 1, "failed": 2}
 
 
@@ -115,11 +116,13 @@ class _Mirror:
                 retry=self.retry,
                 progress=self.progress,
                 on_rows=plan_file.add_rows,
+                inspect=job.dry_run,  # an upload's report has no inspection
             )
             plan_file.seal()
             plan = self._decide(plan_id, plan_file, store.state(), schema_id, schema)
             if job.dry_run:
                 return self._merged(scanned, plan)
+            plan_file.sync()
             store.start_plan(plan)
         except BaseException:
             plan_file.close()
@@ -223,7 +226,8 @@ class _Mirror:
             plan_file.close()
         self._remove_plan_files()
         # Writes to /users while the replace runs on Meta's side would fail.
-        await self._until_settled()
+        assert self.client is not None
+        await until_replace_done(self.client, self.job.audience_id, self.retry, self.on_request)
         return True
 
     async def _part(self, plan: Plan, part: Part, schema: Schema) -> Report:
@@ -247,7 +251,7 @@ class _Mirror:
             session_id=job.session_id if part == "replace" else None,
             batch_size=plan.batch_size,
         )
-        cells = _cells(self.store.plan_path(plan.plan_id), part, schema.single_key is not None)
+        cells = _cells(self.store.plan_path(plan.plan_id), part, Packer(schema.keys))
         with await aopen_source(cells) as rows:
             report = await run_job(
                 sub,
@@ -280,24 +284,6 @@ class _Mirror:
                 first = (index - 1) * size + 1
                 rows = plan_file.span(part, first, first + batch.rows - 1)
                 self.store.apply(plan.plan_id, part, index, rows)
-
-    async def _until_settled(self) -> None:
-        """Wait until the audience is out of replace_in_progress."""
-        assert self.client is not None
-        failures = 0
-        attempt = 0
-        while True:
-            try:
-                status = await self.client.operation_status(self.job.audience_id)
-            except (ApiError, TransportError):
-                failures += 1
-                if failures > self.retry.max_retries:
-                    raise
-                status = "unknown"
-            if status not in ("replace_in_progress", "unknown"):
-                return
-            await asyncio.sleep(min(SETTLE_POLL_MAX_S, self.retry.backoff.base_s * 2**attempt))
-            attempt += 1
 
     def _remove_plan_files(self) -> None:
         for path in self.store.plan_files():
@@ -380,11 +366,11 @@ def _loaded(path: Path) -> Any:
         checkpoint.close()
 
 
-def _cells(path: Path, part: Part, single_key: bool) -> Iterator[tuple[str, ...]]:
+def _cells(path: Path, part: Part, packer: Packer) -> Iterator[tuple[str, ...]]:
     """A part's rows as prehashed input rows, read from its plan file in upload order."""
     plan_file = PlanFile(path)
     try:
         for _, row in plan_file.rows(part):
-            yield payload_cells(row, single_key)
+            yield packer.unpack(row)
     finally:
         plan_file.close()

@@ -1,33 +1,30 @@
-"""A mirror's plan file: the input's payload rows keyed by digest, and the diff cut from them.
+"""A mirror's plan file: the input's packed rows keyed by digest, and the diff cut from them.
 
-The diff pass appends every valid input row (its digest and its payload JSON) in input
-order, then indexes the digests, so that set differences against the state run in SQLite
-in bounded memory whatever the input's size. The additions and removals are numbered
-(`pos`, from 1, in digest order) so that batch N of a part's upload holds positions
-(N-1)*batch_size+1 .. N*batch_size: that is how an acknowledged batch maps back to rows.
-The file lives beside the state until the plan is done, so a killed mirror finds it again.
+The diff pass appends every valid input row (its digest and its packed form, computed by the
+hashing workers: `_hashing/packed.py`) in input order, then indexes the digests, so that set
+differences against the state run in SQLite in bounded memory whatever the input's size. The
+additions and removals are numbered (`pos`, from 1, in digest order) so that batch N of a
+part's upload holds positions (N-1)*batch_size+1 .. N*batch_size: that is how an
+acknowledged batch maps back to rows. The file lives beside the state until the plan is
+done, so a killed mirror finds it again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import orjson
-
 from .._rows import EncodedChunk
 
 Part = Literal["add", "remove", "replace"]
 DigestRow = tuple[bytes, bytes]
 
-DIGEST_BYTES = 16
 # A page cache big enough for the index build and the set differences to run in memory
 # where they fit, small enough to keep the process's peak well under its budget.
-CACHE_KIB = 64 << 10
+CACHE_KIB = 32 << 10
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS incoming(digest BLOB NOT NULL, row BLOB NOT NULL);
@@ -39,20 +36,9 @@ CREATE TABLE IF NOT EXISTS removes(
 _TABLES: dict[Part, str] = {"add": "adds", "remove": "removes"}
 
 
-def row_digest(row: bytes) -> bytes:
-    """The key of a payload row (its JSON as sent): equal rows, equal keys."""
-    return hashlib.blake2b(row, digest_size=DIGEST_BYTES).digest()
-
-
-def split_rows(chunk: EncodedChunk) -> list[bytes]:
-    """The payload rows of a chunk, one JSON text each."""
-    data, stops = chunk.data, chunk.stops
-    starts = [0, *stops[:-1]]
-    return [data[a : b - 1] for a, b in zip(starts, stops, strict=True)]
-
-
 class PlanFile:
-    """One plan's SQLite file. Built once by the diff pass (`add_rows`, `seal`), read after."""
+    """One plan's SQLite file. Built once by the diff pass (`add_rows`, `seal`, the store's
+    diff, `sync`), read after."""
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
         self.path = path
@@ -65,48 +51,46 @@ class PlanFile:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         if create:
-            # Built in one go; a file left half built is never taken for a plan (the state
-            # names a plan only once it is sealed) and is removed on the next run.
+            # Built in one go, and made durable once (`sync`) before the state names it as a
+            # plan; a file left half built is never taken for one and is removed next run.
             self.db.execute("PRAGMA journal_mode=OFF")
             self.db.execute("PRAGMA synchronous=OFF")
             self.db.executescript(_SCHEMA)
             self.db.execute("BEGIN")
+        self._distinct: int | None = None
 
     def close(self) -> None:
         self.db.close()
 
     def add_rows(self, chunk: EncodedChunk) -> None:
-        """Append a chunk's payload rows with their digests (duplicates too)."""
-        rows = split_rows(chunk)
-        self.db.executemany(
-            "INSERT INTO incoming VALUES (?, ?)", zip(map(row_digest, rows), rows, strict=True)
-        )
+        """Append a chunk's packed rows with their digests (duplicates too)."""
+        assert chunk.packed is not None, "the diff pass hashes with packed=True"
+        self.db.executemany("INSERT INTO incoming VALUES (?, ?)", zip(*chunk.packed, strict=True))
 
     def seal(self) -> None:
-        """Index the digests and make the file durable: from here on it may become a plan."""
+        """Index the digests: the rows are all in."""
         self.db.execute("CREATE INDEX IF NOT EXISTS incoming_digest ON incoming(digest)")
         self.db.execute("COMMIT")
-        self._sync()
+
+    def sync(self) -> None:
+        """Make the file durable: from here on it may become a plan."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def distinct(self) -> int:
         """Distinct rows of the input (duplicates and spellings of one row count once)."""
-        row = self.db.execute("SELECT count(DISTINCT digest) FROM incoming").fetchone()
-        return int(row[0])
+        if self._distinct is None:
+            row = self.db.execute("SELECT count(DISTINCT digest) FROM incoming").fetchone()
+            self._distinct = int(row[0])
+        return self._distinct
 
     def count(self, part: Part) -> int:
         if part == "replace":
             return self.distinct()
         return int(self.db.execute(f"SELECT count(*) FROM {_TABLES[part]}").fetchone()[0])
-
-    def fill(self, part: Part, rows: Iterator[DigestRow]) -> None:
-        """Number `rows` (digest order) into a part's table."""
-        self.db.execute("BEGIN")
-        self.db.executemany(
-            f"INSERT INTO {_TABLES[part]}(digest, row) VALUES (?, ?)",
-            rows,
-        )
-        self.db.execute("COMMIT")
-        self._sync()
 
     def rows(self, part: Part) -> Iterator[DigestRow]:
         """A part's rows in upload order (for replace: the input's distinct rows)."""
@@ -123,17 +107,3 @@ class PlanFile:
             (first, last),
         )
         return cursor.fetchall()
-
-    def _sync(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def payload_cells(row: bytes, single_key: bool) -> tuple[str, ...]:
-    """A stored payload row as the cells of a prehashed input row (numbers as their text)."""
-    value = orjson.loads(row)
-    cells = [value] if single_key else value
-    return tuple(c if isinstance(c, str) else orjson.dumps(c).decode() for c in cells)

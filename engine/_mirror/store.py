@@ -4,7 +4,8 @@
 file per ad account and audience under the engine's state directory. A shared store (the
 fleet's) implements the same protocol; tests/test_mirror_store.py is the contract.
 
-Only payload rows (hashed, as sent) and their digests are kept: never a raw value.
+Only payload rows (hashed, as sent, packed: `_hashing/packed.py`) and their digests are
+kept: never a raw value.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class MirrorStore(Protocol):
         """The audience's rows as the engine last put them there; None when unknown."""
 
     def rows(self) -> Iterator[DigestRow]:
-        """The state's (digest, payload row) pairs in digest order."""
+        """The state's (digest, packed row) pairs in digest order."""
 
     def diff(self, plan: PlanFile) -> None:
         """Fill the plan file's additions (input rows the state lacks) and removals (state
@@ -93,9 +94,14 @@ class MirrorStore(Protocol):
     def close(self) -> None: ...
 
 
+# The layout of the state file; a file of another (an older engine's) holds no state.
+FORMAT = 2
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(id INTEGER PRIMARY KEY CHECK (id = 1), schema TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS rows(digest BLOB PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(
+    id INTEGER PRIMARY KEY CHECK (id = 1), schema TEXT NOT NULL, rows INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rows(digest BLOB NOT NULL, row BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS rows_digest ON rows(digest);
 CREATE TABLE IF NOT EXISTS plan(
     id INTEGER PRIMARY KEY CHECK (id = 1), plan_id INTEGER NOT NULL, kind TEXT NOT NULL,
     schema TEXT NOT NULL, batch_size INTEGER NOT NULL, added INTEGER NOT NULL,
@@ -106,6 +112,7 @@ CREATE TABLE IF NOT EXISTS applied(
     PRIMARY KEY (plan_id, part, batch)
 ) WITHOUT ROWID;
 """
+_TABLES = ("meta", "rows", "plan", "applied")
 
 
 class SqliteStore:
@@ -136,7 +143,7 @@ class SqliteStore:
         self.path = self.dir / f"{audience_id}.sqlite"
         try:
             # FULL: the state must never say a batch was applied that the disk lost.
-            self._db = open_state_db(self.path, _SCHEMA, "FULL")
+            self._db = _formatted(open_state_db(self.path, "", "FULL"))
         except (sqlite3.Error, OSError) as exc:
             os.close(self._lock)
             raise InputError(f"mirror state {self.path} cannot be used ({exc})") from None
@@ -157,11 +164,8 @@ class SqliteStore:
         return [p for p in self.dir.iterdir() if p.name.startswith(prefix)]
 
     def state(self) -> State | None:
-        meta = self._db.execute("SELECT schema FROM meta").fetchone()
-        if meta is None:
-            return None
-        (count,) = self._db.execute("SELECT count(*) FROM rows").fetchone()
-        return State(meta[0], count)
+        meta = self._db.execute("SELECT schema, rows FROM meta").fetchone()
+        return None if meta is None else State(*meta)
 
     def rows(self) -> Iterator[DigestRow]:
         yield from self._db.execute("SELECT digest, row FROM rows ORDER BY digest")
@@ -219,15 +223,19 @@ class SqliteStore:
             if not done.rowcount:
                 return
             if part == "add":
-                db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?)", rows)
+                changed = db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?)", rows).rowcount
             else:
-                db.executemany("DELETE FROM rows WHERE digest = ?", ((d,) for d, _ in rows))
+                deleted = db.executemany(
+                    "DELETE FROM rows WHERE digest = ?", ((d,) for d, _ in rows)
+                )
+                changed = -deleted.rowcount
+            db.execute("UPDATE meta SET rows = rows + ?", (changed,))
 
     def establish(self, plan_id: int, schema: str, rows: Iterable[DigestRow]) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM rows")
-            db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?)", rows)
-            db.execute("INSERT OR REPLACE INTO meta VALUES (1, ?)", (schema,))
+            count = db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?)", rows).rowcount
+            db.execute("INSERT OR REPLACE INTO meta VALUES (1, ?, ?)", (schema, count))
             db.execute("DELETE FROM plan WHERE plan_id = ?", (plan_id,))
 
     def end_plan(self, plan_id: int) -> None:
@@ -256,3 +264,13 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _formatted(db: sqlite3.Connection) -> sqlite3.Connection:
+    """The state file brought to FORMAT: a new file gets its tables, and a file of another
+    format loses its own (the next mirror sets the state again with a replace)."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version != FORMAT:
+        drops = "".join(f"DROP TABLE IF EXISTS {table};" for table in _TABLES)
+        db.executescript(f"BEGIN;{drops}{_SCHEMA}PRAGMA user_version = {FORMAT};COMMIT;")
+    return db

@@ -78,6 +78,7 @@ async def run_job(
     cancel: asyncio.Event | None = None,
     inspector: Inspector | None = None,
     on_rows: Callable[[EncodedChunk], None] | None = None,
+    inspect: bool = True,
 ) -> Report:
     """Run one upload to the end and report it (`client` is None for a dry run).
 
@@ -90,11 +91,12 @@ async def run_job(
     and the audience let out of replace_in_progress; the report says what was sent.
     `progress` receives the running counts. With
     `job.checkpoint`, acknowledged batches are recorded there and the same job run
-    again resumes where it stopped. A dry run hands every chunk of payload rows to
-    `on_rows` (a mirror's diff reads the input so).
+    again resumes where it stopped. A dry run hands every chunk of payload rows, packed
+    too, to `on_rows` (a mirror's diff reads the input so), and inspects the list unless
+    `inspect` is False.
     """
     schema = _bind_schema(job, source)
-    if client is None:  # every dry run inspects the list (docs/inspect.md)
+    if client is None and inspect:  # dry runs inspect the list (docs/inspect.md)
         (inspector := inspector or Inspector()).bind(schema)
     with _journal(job, schema, source) as journal, ExitStack() as reopened:
         warnings: list[str] = []
@@ -169,7 +171,9 @@ class _Run:
         """Read, hash and batch the input once, sending the batches (or, in a dry run,
         dropping them); returns when every stage has ended."""
         job, client, tally = self.job, self.client, self.tally
-        options = NormalizeOptions(job.prehashed, job.default_country_code)
+        options = NormalizeOptions(
+            job.prehashed, job.default_country_code, packed=self.on_rows is not None
+        )
         # The send stage stops taking batches once `halt` is set: on `stop`, or when the
         # input turns out bad after requests went out (those in flight then finish).
         halt = asyncio.Event()

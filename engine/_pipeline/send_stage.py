@@ -361,29 +361,39 @@ class SendStage:
 
     async def _until_replace_done(self) -> None:
         ctx = self._ctx
-        attempt = 0
-        while True:
-            started = time.monotonic()
-            try:
-                status = await ctx.client.operation_status(ctx.job.audience_id)
-            except (ApiError, TransportError) as exc:
-                self._observe(outcome_of(exc), started)
-                if isinstance(exc, ApiError) and not exc.is_transient:
-                    raise
-                status = "unknown"
-            else:
-                self._observe("ok", started)
-            if status not in ("replace_in_progress", "unknown"):
-                return
-            # Deterministic doubling: this waits on Meta's job, not on a shared budget.
-            await asyncio.sleep(min(SETTLE_POLL_MAX_S, ctx.retry.backoff.base_s * 2**attempt))
-            attempt += 1
-
-    def _observe(self, outcome: str, started: float) -> None:
-        if self._ctx.on_request is not None:
-            self._ctx.on_request(outcome, time.monotonic() - started)
+        await until_replace_done(ctx.client, ctx.job.audience_id, ctx.retry, ctx.on_request)
 
     async def _empty_replace(self) -> None:
         if not self._ctx.job.allow_empty_replace:
             raise InputError(EMPTY_REPLACE)
         await self._sender("replace")(Batch(1, 0, b"", 0, 0, 1), True)
+
+
+async def until_replace_done(
+    client: GraphClient,
+    audience_id: str,
+    retry: RetryPolicy,
+    on_request: Callable[[str, float], None] | None = None,
+) -> None:
+    """Wait until the audience is out of `replace_in_progress` (while its status cannot be
+    had, it counts as in it); `on_request` sees each status request's outcome and duration.
+    Raises the API's error when it is not transient."""
+    attempt = 0
+    while True:
+        started = time.monotonic()
+        try:
+            status = await client.operation_status(audience_id)
+        except (ApiError, TransportError) as exc:
+            if on_request is not None:
+                on_request(outcome_of(exc), time.monotonic() - started)
+            if isinstance(exc, ApiError) and not exc.is_transient:
+                raise
+            status = "unknown"
+        else:
+            if on_request is not None:
+                on_request("ok", time.monotonic() - started)
+        if status not in ("replace_in_progress", "unknown"):
+            return
+        # Deterministic doubling: this waits on Meta's job, not on a shared budget.
+        await asyncio.sleep(min(SETTLE_POLL_MAX_S, retry.backoff.base_s * 2**attempt))
+        attempt += 1
