@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +13,8 @@ import orjson
 import pytest
 
 from engine.testing.fakegraph import FakeConfig, FakeGraph
+
+from .redis_server import RedisServer
 
 TOKEN = "EAAB-test-token-DO-NOT-LEAK-7f3a"
 APP_SECRET = "app-secret-DO-NOT-LEAK-91c2"
@@ -25,6 +27,17 @@ REPO = Path(__file__).resolve().parent.parent
 def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Default checkpoints go to a per-test state dir, never the user's."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own (see tests/redis_server.py)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import redis
 
 from engine.testing.fakegraph import FakeGraph, LogEntry
@@ -41,16 +39,6 @@ from .test_worker import (
 AUD_4 = "23850000000000004"
 NS = "audience-engine:"
 JOBS = ((AUD_1, ACT_1), (AUD_2, ACT_1), (AUD_3, ACT_2), (AUD_4, ACT_2))
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def start_fleet(

@@ -4,7 +4,6 @@ upload at once, against the fake's sliding-window cap, with a redis-server of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,6 @@ from .redis_server import RedisServer
 
 AUDIENCES = ("23850000000000101", "23850000000000102", "23850000000000103")
 CAP, WINDOW_S = 40, 5.0  # the fake's sliding window: 8 calls/s for the account
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _args(path: Path, audience: str, base: str, *extra: str) -> list[str]:

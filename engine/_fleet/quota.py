@@ -250,13 +250,8 @@ class SharedLimiter:
         return local
 
     def _ceiling(self, usage: Usage | None) -> str:
-        cfg = self.config
-        if usage is None:
-            return ""
-        if usage.pct <= cfg.slow_pct:
-            return repr(cfg.rate)
-        share = (cfg.stop_pct - usage.pct) / (cfg.stop_pct - cfg.slow_pct)
-        return repr(max(cfg.min_rate, cfg.rate * share))
+        """The rate the usage allows, as a script argument ('' without usage figures)."""
+        return "" if usage is None else repr(self.config.ceiling_for(usage.pct))
 
     def _fire(self, call: Any) -> None:
         """Run a state update without holding the sender up; a failure only loses the update

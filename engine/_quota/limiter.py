@@ -75,6 +75,14 @@ class LimiterConfig:
         if not self.slow_pct < self.stop_pct:
             raise ValueError("slow_pct must be below stop_pct")
 
+    def ceiling_for(self, pct: float) -> float:
+        """The rate a usage of `pct` percent allows: `rate` up to `slow_pct`, falling in
+        proportion to `min_rate` at `stop_pct`."""
+        if pct <= self.slow_pct:
+            return self.rate
+        share = (self.stop_pct - pct) / (self.stop_pct - self.slow_pct)
+        return max(self.min_rate, self.rate * share)
+
 
 # When the calling task was last let through, per limiter. The sender acquires and reports
 # the outcome in one task, so a reply to a request sent before the current slow-down episode
@@ -256,7 +264,7 @@ class AccountLimiter:
         else:
             self._aimd = min(cfg.rate, self._aimd + cfg.increase)
         if usage is not None:
-            self._ceiling = self._ceiling_for(usage.pct)
+            self._ceiling = self.config.ceiling_for(usage.pct)
             due = self._window.after_reply(usage.pct, self._sent(), now)
             if due is not None:
                 # The bucket was emptied just now: its first token comes at `due`.
@@ -273,7 +281,7 @@ class AccountLimiter:
             self._streak += 1
             self._decrease()
         if usage is not None:
-            self._ceiling = self._ceiling_for(usage.pct)
+            self._ceiling = self.config.ceiling_for(usage.pct)
         if usage is not None and usage.regain_s:
             wait = min(usage.regain_s, cfg.max_throttle_wait_s)
         else:
@@ -350,13 +358,6 @@ class AccountLimiter:
         await bucket.acquire(capacity - tokens)
         self._bucket, self._bucket_rate, self._empty_since = bucket, rate, None
         return bucket
-
-    def _ceiling_for(self, pct: float) -> float:
-        cfg = self.config
-        if pct <= cfg.slow_pct:
-            return cfg.rate
-        share = (cfg.stop_pct - pct) / (cfg.stop_pct - cfg.slow_pct)
-        return max(cfg.min_rate, cfg.rate * share)
 
 
 class LimiterRegistry:
